@@ -1,0 +1,51 @@
+# The two commands of the README:
+#   make run    set up, build the demo model repository, start the service
+#   make test   set up, then lint, type-check and run the whole suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+REPOSITORY := var/model-repository
+SAMPLES := var/samples
+DEMO := $(REPOSITORY)/.built
+HOST ?= 127.0.0.1
+PORT ?= 50051
+METRICS_PORT ?= 9095
+
+.PHONY: run test lint typecheck unit protos bench demo clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(DEMO): $(INSTALLED) $(wildcard service/sidelight/demo/*.py)
+	$(BIN)/sidelight models build-demo --out $(REPOSITORY) --samples $(SAMPLES)
+	touch $@
+
+demo: $(DEMO)
+
+run: $(DEMO)
+	$(BIN)/sidelight serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT) \
+		--metrics-port $(METRICS_PORT)
+
+test: $(DEMO) lint typecheck unit
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check service handlers tests bench protos
+	$(BIN)/ruff format --check service handlers tests bench protos
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy
+
+unit: $(INSTALLED)
+	$(BIN)/pytest
+
+protos: $(INSTALLED)
+	$(BIN)/python protos/generate.py
+
+bench: $(DEMO)
+	$(BIN)/python bench/sync_throughput.py --repository $(REPOSITORY)
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

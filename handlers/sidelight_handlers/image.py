@@ -1,0 +1,84 @@
+"""Images: files to model inputs, attributions to heatmap overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def load_images(
+    path: Path, shape: Sequence[int], value_range: tuple[float, float] | None
+) -> npt.NDArray[np.float32]:
+    """N x C x H x W float32 from an image file (resized, mapped to the range) or a .npy."""
+    if path.suffix.lower() == ".npy":
+        array: npt.NDArray[np.float32] = np.load(path, allow_pickle=False).astype(np.float32)
+        return array[None] if array.ndim == len(shape) else array
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: expected an image ({sorted(IMAGE_SUFFIXES)}) or a .npy file")
+    channels, height, width = shape
+    mode = "L" if channels == 1 else "RGB"
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert(mode).resize((width, height)), dtype=np.float32) / 255.0
+    pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    low, high = value_range or (0.0, 1.0)
+    low, high = max(low, 0.0), min(high, 1.0)  # pixel intensities are fractions of white
+    scaled: npt.NDArray[np.float32] = (low + pixels * (high - low))[None].astype(np.float32)
+    return scaled
+
+
+def heatmap(attribution: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """C x H x W (or 1 x H x W) attributions -> H x W map of their magnitude, in [0, 1]."""
+    magnitude = np.abs(attribution).sum(0)
+    peak = float(magnitude.max())
+    scaled: npt.NDArray[np.float32] = (magnitude / peak if peak > 0 else magnitude).astype(
+        np.float32
+    )
+    return scaled
+
+
+def render_overlays(
+    images: npt.NDArray[Any],
+    attributions: npt.NDArray[Any],
+    titles: Sequence[str],
+    out: Path,
+) -> None:
+    """One row per instance: the input, the heatmap, and the heatmap over the input."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for row in range(rows):
+        picture = _displayable(images[row])
+        heat = heatmap(attributions[row])
+        axes[row, 0].imshow(picture, cmap="gray", interpolation="nearest")
+        axes[row, 0].set_title(titles[row], fontsize=9)
+        shown = axes[row, 1].imshow(heat, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+        axes[row, 1].set_title("attribution (|value|, scaled)", fontsize=9)
+        figure.colorbar(shown, ax=axes[row, 1], fraction=0.046)
+        axes[row, 2].imshow(picture, cmap="gray", interpolation="nearest")
+        axes[row, 2].imshow(
+            heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1, interpolation="bilinear"
+        )
+        axes[row, 2].set_title("overlay", fontsize=9)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def _displayable(image: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """C x H x W -> H x W (gray) or H x W x 3, scaled to [0, 1] for display."""
+    low, high = float(image.min()), float(image.max())
+    scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    return scaled[0] if scaled.shape[0] == 1 else scaled.transpose(1, 2, 0)[..., :3]

@@ -1,0 +1,112 @@
+"""One executor per device: a thread that takes batches from the scheduler and runs them.
+
+The batch crosses to the device once (one concatenation, one transfer), runs in chunks sized by
+what this executor measured (sidelight.batching.sizing), and comes back once; each request then
+receives its slice. An exception in a batch fails that batch's requests, never the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import torch
+
+from sidelight.batching.scheduler import Group, Scheduler, TakenBatch
+from sidelight.batching.sizing import ChunkSizer
+from sidelight.models.model import Model
+from sidelight.settings import BatchingSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one batch did, for metrics."""
+
+    group: Group
+    device: str
+    instances: int
+    seconds: float
+    chunk_rows: int
+    queue_waits: list[float]
+    failed: bool
+
+
+class DeviceExecutor:
+    def __init__(
+        self,
+        device: torch.device,
+        scheduler: Scheduler,
+        replica: Callable[[str, str, torch.device], Model],
+        settings: BatchingSettings,
+        on_batch: Callable[[BatchReport], None] = lambda report: None,
+    ) -> None:
+        self.device = device
+        self._scheduler = scheduler
+        self._replica = replica
+        self._settings = settings
+        self._on_batch = on_batch
+        self._sizers: dict[Hashable, ChunkSizer] = {}
+        self._thread = threading.Thread(target=self._loop, name=f"executor-{device}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def chunk_rows(self, key: Hashable) -> int | None:
+        sizer = self._sizers.get(key)
+        return None if sizer is None else sizer.current
+
+    def _loop(self) -> None:
+        while (batch := self._scheduler.take()) is not None:
+            self._run(batch)
+
+    def _sizer(self, group: Group) -> ChunkSizer:
+        sizer = self._sizers.get(group.key)
+        if sizer is None:
+            sizer = ChunkSizer(
+                self._settings.max_rows_per_call, adaptive=self._settings.adaptive_chunks
+            )
+            self._sizers[group.key] = sizer
+        return sizer
+
+    def _run(self, batch: TakenBatch) -> None:
+        group, requests = batch.group, batch.requests
+        sizer = self._sizer(group)
+        chunk = sizer.current
+        started = time.perf_counter()
+        failed = False
+        try:
+            model = self._replica(group.model, group.version, self.device)
+            inputs = _cat([r.inputs for r in requests]).to(self.device, non_blocking=True)
+            targets = _cat([r.targets for r in requests]).to(self.device, non_blocking=True)
+            seeds = torch.cat([torch.full((r.size,), r.seed, dtype=torch.int64) for r in requests])
+            result = group.run(model, inputs, targets, seeds, chunk)
+        except Exception as exc:  # the batch fails, the executor goes on
+            log.exception("batch of %s/%s failed", group.model, group.task)
+            failed = True
+            for request in requests:
+                request.resolve(error=exc)
+        else:
+            start = 0
+            for request in requests:
+                request.resolve(group.split(result, start, start + request.size))
+                start += request.size
+        seconds = time.perf_counter() - started
+        if not failed:
+            sizer.record(batch.instances * group.rows_per_instance, seconds)
+        self._on_batch(
+            BatchReport(
+                group, str(self.device), batch.instances, seconds, chunk, batch.waited, failed
+            )
+        )
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)

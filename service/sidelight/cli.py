@@ -1,0 +1,257 @@
+"""The `sidelight` command.
+
+    sidelight serve --model-repository var/model-repository [--port 50051] [--metrics-port 9095]
+    sidelight models build-demo --out var/model-repository --samples var/samples
+    sidelight models list --server 127.0.0.1:50051
+    sidelight predict --model digits --input var/samples/digit_3.png
+    sidelight explain --model digits --method grad_cam --input var/samples/digit_3.png --out e.png
+
+Settings are built here, once, from the arguments, and passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
+from sidelight.settings import BatchingSettings, ServerSettings
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for message in EXPECTED_LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    try:
+        return int(args.run(args))
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidelight", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    serve = commands.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--model-repository", type=Path, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051, help="0: any free port")
+    serve.add_argument("--metrics-port", type=int, default=9095, help="-1: no /metrics")
+    serve.add_argument("--device", action="append", help="cpu, cuda, cuda:1 (repeatable)")
+    serve.add_argument("--max-batch-size", type=int, default=BatchingSettings.max_batch_size)
+    serve.add_argument("--max-wait-ms", type=float, default=BatchingSettings.max_wait_ms)
+    serve.add_argument(
+        "--max-queue-instances", type=int, default=BatchingSettings.max_queue_instances
+    )
+    serve.add_argument("--max-rows-per-call", type=int, default=BatchingSettings.max_rows_per_call)
+    serve.add_argument("--fixed-chunks", action="store_true", help="no adaptive chunk sizes")
+    serve.add_argument("--grace-period", type=float, default=ServerSettings.grace_period_s)
+    serve.add_argument("--torch-threads", type=int)
+    serve.add_argument("--no-reflection", action="store_true")
+    serve.set_defaults(run=_serve)
+
+    models = commands.add_parser("models", help="model repository tools")
+    model_commands = models.add_subparsers(required=True, metavar="command")
+    build = model_commands.add_parser("build-demo", help="train and export the demo models")
+    build.add_argument("--out", type=Path, default=Path("var/model-repository"))
+    build.add_argument("--samples", type=Path, default=Path("var/samples"))
+    build.add_argument("--only", action="append", choices=["digits", "breast_cancer", "resnet18"])
+    build.set_defaults(run=_build_demo)
+    listing = model_commands.add_parser("list", help="the models a server offers")
+    listing.add_argument("--server", default=DEFAULT_SERVER)
+    listing.set_defaults(run=_list_models)
+
+    predict = commands.add_parser("predict", help="ask a server for predictions")
+    _client_arguments(predict)
+    predict.set_defaults(run=_predict)
+
+    explain = commands.add_parser("explain", help="ask a server for an explanation, as a PNG")
+    _client_arguments(explain)
+    explain.add_argument("--method", required=True)
+    explain.add_argument("--target", type=int, action="append", default=[])
+    explain.add_argument("--params", default="{}", help="JSON, e.g. '{\"n_steps\": 64}'")
+    explain.add_argument("--out", type=Path, required=True, help="PNG to write")
+    explain.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    explain.set_defaults(run=_explain)
+    return parser
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", default="")
+    parser.add_argument("--input", type=Path, required=True, help="image, .npy, .csv or .json")
+    parser.add_argument("--timeout", type=float, default=120.0)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sidelight.errors import ConfigError
+    from sidelight.transport.server import Service
+
+    settings = ServerSettings(
+        model_repository=args.model_repository,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        devices=tuple(args.device or ["cpu"]),
+        batching=BatchingSettings(
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_queue_instances=args.max_queue_instances,
+            max_rows_per_call=args.max_rows_per_call,
+            adaptive_chunks=not args.fixed_chunks,
+        ),
+        grace_period_s=args.grace_period,
+        reflection=not args.no_reflection,
+        torch_threads=args.torch_threads,
+    )
+
+    async def run() -> None:
+        service = await Service.start(settings)
+        service.install_signal_handlers()
+        metrics = (
+            f", metrics on http://{settings.host}:{service.endpoints.metrics_port}/metrics"
+            if service.endpoints.metrics_port is not None
+            else ""
+        )
+        print(
+            f"sidelight listening on {settings.host}:{service.endpoints.grpc_port}{metrics}; "
+            f"models: {', '.join(service.registry.names())}",
+            flush=True,
+        )
+        await service.wait_for_termination()
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    from sidelight.demo.build import build_demo
+
+    for report in build_demo(args.out, args.samples, args.only):
+        accuracy = "" if report.accuracy is None else f" (held-out accuracy {report.accuracy:.3f})"
+        print(f"built {report.name} in {report.path}{accuracy}")
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from sidelight.client import Client
+
+    with Client(args.server) as client:
+        for model in client.list_models().models:
+            methods = ", ".join(m.name for m in model.methods)
+            print(
+                f"{model.name} v{model.latest_version} [{model.task}] input "
+                f"{list(model.input.shape)} {model.input.dtype}: {methods}"
+            )
+    return 0
+
+
+def _model_info(client: Any, name: str) -> Any:
+    for model in client.list_models().models:
+        if model.name == name:
+            return model
+    raise ValueError(f"the server has no model {name!r}")
+
+
+def _load_input(info: Any, path: Path) -> npt.NDArray[np.float32]:
+    from sidelight_handlers import image, tabular
+
+    shape = list(info.input.shape)
+    value_range = (info.input.min, info.input.max) if info.input.HasField("min") else None
+    if info.task == "image_classification":
+        return image.load_images(path, shape, value_range)
+    return tabular.load_rows(path, list(info.input.feature_names) or None, shape[-1])
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sidelight.client import Client, to_array
+
+    with Client(args.server, timeout=args.timeout) as client:
+        info = _model_info(client, args.model)
+        inputs = _load_input(info, args.input)
+        reply = client.predict(args.model, inputs, model_version=args.version)
+        outputs = to_array(reply.outputs)
+        for row, predicted in enumerate(reply.predicted):
+            print(f"instance {row}: {info.labels[predicted]} (p = {outputs[row, predicted]:.3f})")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from sidelight_handlers import image, tabular
+
+    from sidelight.client import Client, to_array
+
+    params = json.loads(args.params)
+    with Client(args.server, timeout=args.timeout) as client:
+        info = _model_info(client, args.model)
+        inputs = _load_input(info, args.input)
+        reply = client.explain(
+            args.model,
+            inputs,
+            args.method,
+            targets=args.target,
+            params=params,
+            model_version=args.version,
+        )
+    outputs, attributions = to_array(reply.outputs), to_array(reply.attributions)
+    titles = [
+        f"{args.method}: {info.labels[t]} (p = {outputs[i, t]:.3f})"
+        for i, t in enumerate(reply.targets)
+    ]
+    if info.task == "image_classification":
+        image.render_overlays(inputs, attributions, titles, args.out)
+    else:
+        names = list(info.input.feature_names) or [f"x{i}" for i in range(inputs.shape[1])]
+        tabular.render_bars(attributions, names, titles, args.out)
+    quality = reply.quality
+    print(f"explanation {reply.explanation_id}: wrote {args.out}")
+    for i, title in enumerate(titles):
+        line = f"  instance {i}: {title}"
+        if quality.relative_completeness_error:
+            line += f", completeness error {quality.relative_completeness_error[i]:.2%}"
+        print(line)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "explanation_id": reply.explanation_id,
+                    "targets": list(reply.targets),
+                    "outputs": outputs.tolist(),
+                    "attributions": attributions.tolist(),
+                    "model_evaluations": quality.model_evaluations,
+                    "completeness_error": list(quality.completeness_error),
+                    "seed": quality.seed if quality.HasField("seed") else None,
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Demo models, trained from data that scikit-learn ships: nothing is downloaded."""

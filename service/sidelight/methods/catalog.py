@@ -1,0 +1,94 @@
+"""The methods Sidelight serves, in one place: name -> method, with its mode and needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from sidelight.errors import ConfigError, InvalidParams, MethodNotFound
+from sidelight.methods.base import Method, Params
+from sidelight.methods.cam import Cam
+from sidelight.methods.deeplift import DeepLift
+from sidelight.methods.grad_cam import GradCam
+from sidelight.methods.grad_cam_plus_plus import GradCamPlusPlus
+from sidelight.methods.guided_backprop import GuidedBackprop
+from sidelight.methods.guided_grad_cam import GuidedGradCam
+from sidelight.methods.input_x_gradient import InputXGradient
+from sidelight.methods.integrated_gradients import IntegratedGradients
+from sidelight.methods.lrp import Lrp
+from sidelight.methods.noise_tunnel import SmoothGrad, VarGrad
+from sidelight.methods.saliency import Saliency
+from sidelight.models.model import Model
+
+AnyMethod = Method[Any]
+
+
+def _catalog() -> dict[str, AnyMethod]:
+    gradient_methods: dict[str, AnyMethod] = {
+        m.name: m for m in (Saliency(), InputXGradient(), IntegratedGradients(), GuidedBackprop())
+    }
+    methods: list[AnyMethod] = [
+        *gradient_methods.values(),
+        SmoothGrad(gradient_methods),
+        VarGrad(gradient_methods),
+        DeepLift(),
+        Lrp(),
+        Cam(),
+        GradCam(),
+        GradCamPlusPlus(),
+        GuidedGradCam(),
+    ]
+    return {m.name: m for m in methods}
+
+
+METHODS: Mapping[str, AnyMethod] = _catalog()
+
+
+def method_for(model: Model, name: str) -> AnyMethod:
+    """The method `name` if this model offers it; MethodNotFound otherwise."""
+    if name not in model.config.methods:
+        known = "" if name in METHODS else " (no such method)"
+        raise MethodNotFound(
+            "method",
+            f"{name!r}{known} is not offered by model {model.name!r}; "
+            f"it offers {model.config.methods}",
+        )
+    return METHODS[name]
+
+
+def parse_params(method: AnyMethod, raw: Mapping[str, Any]) -> Params:
+    """Typed, validated params; InvalidParams names the first offending key."""
+    try:
+        return method.params_type.model_validate(dict(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        field = f"params.{key}" if key else "params"
+        raise InvalidParams(field, f"{first['msg']} (method {method.name})") from exc
+
+
+def check_model(model: Model) -> None:
+    """Refuse at start a model whose config allows a method it cannot support."""
+    where = f"{model.name}/config.yaml"
+    for name in model.config.methods:
+        method = METHODS.get(name)
+        if method is None:
+            raise ConfigError(
+                where, "methods", f"unknown method {name!r}; known: {sorted(METHODS)}"
+            )
+        missing = method.needs - model.capabilities
+        if missing:
+            raise ConfigError(
+                where,
+                "methods",
+                f"{name} needs {sorted(c.value for c in missing)}, which this "
+                f"{model.format.value} model does not offer"
+                + (
+                    " (export it with torch.export as model.pt2 and set cam.layer)"
+                    if model.format.value == "torchscript"
+                    else " (set cam.layer, and cam.classifier for cam)"
+                ),
+            )
+        method.check(model)

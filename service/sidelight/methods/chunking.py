@@ -1,0 +1,57 @@
+"""Bounded device calls: one helper splits a batch so no model call exceeds `max_rows` rows.
+
+Methods express their per-instance work and call `run_chunked`; the executor chooses
+`max_rows` from what it measures (sidelight.batching.sizing). Keeping the split here, outside
+the math, is what lets memory stay bounded for any batch size or number of steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from sidelight.methods.base import Attribution, Batch
+
+
+def instances_per_chunk(rows_per_instance: int, max_rows: int) -> int:
+    """How many instances fit in one call of `max_rows` rows (at least one)."""
+    return max(1, max_rows // max(1, rows_per_instance))
+
+
+def run_chunked(
+    batch: Batch,
+    rows_per_instance: int,
+    max_rows: int,
+    attribute: Callable[[Batch], Attribution],
+) -> Attribution:
+    """`attribute` on slices of `batch` of at most `max_rows` rows, results concatenated."""
+    step = instances_per_chunk(rows_per_instance, max_rows)
+    if len(batch) <= step:
+        return attribute(batch)
+    parts = [
+        attribute(
+            Batch(
+                inputs=batch.inputs[start : start + step],
+                targets=batch.targets[start : start + step],
+                seeds=batch.seeds[start : start + step],
+            )
+        )
+        for start in range(0, len(batch), step)
+    ]
+    return concatenate(parts)
+
+
+def concatenate(parts: list[Attribution]) -> Attribution:
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        present = [t for t in tensors if t is not None]
+        return torch.cat(present) if present and len(present) == len(tensors) else None
+
+    return Attribution(
+        attributions=torch.cat([p.attributions for p in parts]),
+        outputs=torch.cat([p.outputs for p in parts]),
+        targets=torch.cat([p.targets for p in parts]),
+        evaluations_per_instance=parts[0].evaluations_per_instance,
+        completeness_error=cat([p.completeness_error for p in parts]),
+        reference_gap=cat([p.reference_gap for p in parts]),
+    )

@@ -1,0 +1,119 @@
+"""Every Prometheus metric Sidelight exports, declared once, on a registry passed in.
+
+Labels are bounded: model and method names come from the repository and the catalog, never
+from what a client typed (unknown names are recorded as "unknown").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RATIO_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.rpc_duration = Histogram(
+            "sidelight_rpc_duration_seconds",
+            "Time to answer an RPC, from arrival to response.",
+            ["rpc", "model", "method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rpc_in_flight = Gauge(
+            "sidelight_rpc_in_flight", "RPCs being answered now.", ["rpc"], registry=registry
+        )
+        self.queue_depth = Gauge(
+            "sidelight_queue_depth_instances",
+            "Instances waiting for a batch.",
+            ["model"],
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "sidelight_queue_wait_seconds",
+            "Time a request waited before its batch started.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "sidelight_batch_size_instances",
+            "Instances per batch run on a device.",
+            ["model", "task", "device"],
+            buckets=SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "sidelight_batch_duration_seconds",
+            "Device time of one batch.",
+            ["model", "task", "device"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_failures = Counter(
+            "sidelight_batch_failures_total",
+            "Batches that raised; their requests failed.",
+            ["model", "task", "device"],
+            registry=registry,
+        )
+        self.chunk_rows = Gauge(
+            "sidelight_chunk_rows",
+            "Rows per model call chosen by the executor for the last batch of a task.",
+            ["model", "task", "device"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "sidelight_requests_dropped_total",
+            "Queued requests dropped before running, by reason (deadline, cancelled).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "sidelight_requests_rejected_total",
+            "Requests refused at admission because the queue was full.",
+            ["model"],
+            registry=registry,
+        )
+        self.model_evaluations = Counter(
+            "sidelight_model_evaluations_total",
+            "Rows put through models to answer explanations.",
+            ["model", "method"],
+            registry=registry,
+        )
+        self.completeness_error = Histogram(
+            "sidelight_relative_completeness_error",
+            "|sum(attributions) - (f(x) - f(baseline))| / |f(x) - f(baseline)| per instance.",
+            ["model", "method"],
+            buckets=RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.models_loaded = Gauge(
+            "sidelight_models_loaded",
+            "Model versions loaded and serving (counted once across devices).",
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "sidelight_model_info",
+            "1 for each loaded model version and device.",
+            ["model", "version", "format", "device"],
+            registry=registry,
+        )

@@ -1,0 +1,137 @@
+"""The schema of a model's `config.yaml`, and its loading with errors that name file and field.
+
+description: Handwritten digits, 8x8, CNN with global average pooling
+task: image_classification          # or tabular_classification
+input:
+  shape: [1, 8, 8]                  # one instance, without the batch dimension
+  dtype: FP32
+  range: [0.0, 1.0]                 # values outside are refused
+output: logits                      # or probabilities: what the model returns
+labels: ["0", "1", ...]             # one per output class
+cam:                                # for the CAM family of methods
+  layer: features                   # module whose output is the last spatial feature map
+  classifier: fc                    # the linear layer after global average pooling (cam)
+baselines:                          # named reference inputs for IG, DeepLIFT, ...
+  zero: {value: 0.0}
+  mean: {file: baseline_mean.npy}   # relative to the model folder; .npy, no pickle
+default_baseline: zero
+methods: [saliency, integrated_gradients, grad_cam]
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from sidelight.errors import ConfigError
+
+
+class Task(StrEnum):
+    IMAGE_CLASSIFICATION = "image_classification"
+    TABULAR_CLASSIFICATION = "tabular_classification"
+
+
+class OutputKind(StrEnum):
+    LOGITS = "logits"
+    PROBABILITIES = "probabilities"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Strict):
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=7)]
+    dtype: Literal["FP32", "FP16", "FP64"] = "FP32"
+    range: tuple[float, float] | None = None
+    feature_names: list[str] | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"{list(value)} must be [min, max] with min < max")
+        return value
+
+    @field_validator("feature_names")
+    @classmethod
+    def _one_per_feature(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        shape = info.data.get("shape")
+        if value is not None and shape and len(value) != shape[-1]:
+            raise ValueError(f"has {len(value)} names for {shape[-1]} features")
+        return value
+
+
+class CamConfig(_Strict):
+    layer: str = Field(min_length=1)
+    classifier: str | None = None
+
+
+class BaselineConfig(_Strict):
+    value: float | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BaselineConfig:
+        if (self.value is None) == (self.file is None):
+            raise ValueError("give exactly one of value or file")
+        return self
+
+
+class ModelConfig(_Strict):
+    description: str = ""
+    task: Task
+    input: InputConfig
+    output: OutputKind
+    labels: Annotated[list[str], Field(min_length=2)]
+    cam: CamConfig | None = None
+    baselines: dict[str, BaselineConfig] = Field(
+        default_factory=lambda: {"zero": BaselineConfig(value=0.0)}
+    )
+    default_baseline: str = "zero"  # after `baselines`: its validator reads them
+    methods: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("default_baseline")
+    @classmethod
+    def _named(cls, value: str, info: ValidationInfo) -> str:
+        baselines = info.data.get("baselines", {})
+        if value not in baselines:
+            raise ValueError(f"{value!r} is not one of the baselines {sorted(baselines)}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a method twice")
+        return value
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Parse and validate `path`; ConfigError names the file and the field at fault."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot be read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), None, f"is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), None, "must be a mapping of fields")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        raise ConfigError(str(path), field, first["msg"]) from exc

@@ -1,0 +1,115 @@
+"""The model repository: one folder per model, one sub-folder per version, as in Triton.
+
+    repository/
+      digits/
+        config.yaml
+        1/model.pt2          torch.export program
+        2/model.pt           or a TorchScript archive
+      breast_cancer/
+        config.yaml
+        baseline_mean.npy
+        1/model.pt2
+
+Version folders are positive integers; the latest is the largest. Everything is loaded and
+checked at start, on every configured device; a wrong entry stops the start with a message that
+names the file and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sidelight.errors import ConfigError, ModelNotFound, VersionNotFound
+from sidelight.models.config import ModelConfig, load_config
+from sidelight.models.loaders import load_model
+from sidelight.models.model import Model
+
+
+@dataclass(frozen=True, eq=False)
+class ModelVersion:
+    """One version, with a replica per device (the same weights on each)."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    replicas: tuple[Model, ...]
+
+    @property
+    def primary(self) -> Model:
+        return self.replicas[0]
+
+
+class ModelRegistry:
+    def __init__(self, versions: Sequence[ModelVersion]) -> None:
+        self._models: dict[str, dict[str, ModelVersion]] = {}
+        for entry in versions:
+            self._models.setdefault(entry.name, {})[entry.version] = entry
+        self._latest = {name: max(by_version, key=int) for name, by_version in self._models.items()}
+
+    @classmethod
+    def load(
+        cls,
+        root: Path,
+        devices: Sequence[torch.device],
+        check: Callable[[Model], None] = lambda model: None,
+    ) -> ModelRegistry:
+        """Load every model under `root`; `check` vets each (e.g. its methods) or raises."""
+        if not root.is_dir():
+            raise ConfigError(str(root), None, "model repository is not a directory")
+        versions = []
+        for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            if model_dir.name.startswith("."):
+                continue
+            config = load_config(model_dir / "config.yaml")
+            version_dirs = [p for p in model_dir.iterdir() if p.is_dir()]
+            for version_dir in version_dirs:
+                if not (version_dir.name.isdigit() and int(version_dir.name) > 0):
+                    raise ConfigError(
+                        str(version_dir), None, "version folders are named 1, 2, 3, ..."
+                    )
+            if not version_dirs:
+                raise ConfigError(str(model_dir), None, "has no version folder (1/model.pt2)")
+            for version_dir in sorted(version_dirs, key=lambda p: int(p.name)):
+                replicas = tuple(
+                    load_model(model_dir, version_dir.name, config, device) for device in devices
+                )
+                for replica in replicas:
+                    try:
+                        check(replica)
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            str(model_dir / "config.yaml"), exc.field, exc.problem
+                        ) from exc
+                versions.append(ModelVersion(model_dir.name, version_dir.name, config, replicas))
+        if not versions:
+            raise ConfigError(str(root), None, "model repository holds no model")
+        return cls(versions)
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        by_version = self._models.get(name)
+        if by_version is None:
+            raise ModelNotFound("model", f"no model {name!r}; known: {sorted(self._models)}")
+        entry = by_version.get(version or self._latest[name])
+        if entry is None:
+            raise VersionNotFound(
+                "model_version",
+                f"model {name!r} has no version {version!r}; known: {sorted(by_version, key=int)}",
+            )
+        return entry
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._models[name], key=int)
+
+    def latest(self, name: str) -> str:
+        return self._latest[name]
+
+    def __iter__(self) -> Iterator[ModelVersion]:
+        for name in self.names():
+            yield from (self._models[name][v] for v in self.versions(name))

@@ -1,0 +1,118 @@
+"""Protobuf messages <-> the data plane's dataclasses. The only place both are in sight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf import json_format
+
+from sidelight import dataplane as dp
+from sidelight import tensors
+from sidelight.v1 import explainer_pb2 as pb
+
+
+def tensor_from_proto(field: str, message: pb.Tensor) -> npt.NDArray[Any]:
+    return raw_tensor(message).decode(field)
+
+
+def raw_tensor(message: pb.Tensor) -> tensors.RawTensor:
+    return tensors.RawTensor(message.dtype, tuple(message.shape), message.data)
+
+
+def tensor_to_proto(array: npt.NDArray[Any]) -> pb.Tensor:
+    dtype, shape, data = tensors.encode(array)
+    return pb.Tensor(dtype=dtype, shape=shape, data=data)
+
+
+def explain_request(message: pb.ExplainRequest, deadline: float | None) -> dp.ExplainRequest:
+    return dp.ExplainRequest(
+        model=message.model,
+        model_version=message.model_version,
+        inputs=raw_tensor(message.inputs),
+        method=message.method,
+        targets=list(message.targets),
+        params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
+        request_id=message.request_id,
+        deadline=deadline,
+    )
+
+
+def predict_request(message: pb.PredictRequest, deadline: float | None) -> dp.PredictRequest:
+    return dp.PredictRequest(
+        model=message.model,
+        model_version=message.model_version,
+        inputs=raw_tensor(message.inputs),
+        request_id=message.request_id,
+        deadline=deadline,
+    )
+
+
+def explanation_to_proto(explanation: dp.Explanation) -> pb.ExplainResponse:
+    quality = explanation.quality
+    return pb.ExplainResponse(
+        explanation_id=explanation.explanation_id,
+        outputs=tensor_to_proto(explanation.outputs),
+        targets=explanation.targets.tolist(),
+        attributions=tensor_to_proto(explanation.attributions),
+        quality=pb.Quality(
+            completeness_error=quality.completeness_error,
+            relative_completeness_error=quality.relative_completeness_error,
+            model_evaluations=quality.model_evaluations,
+            seed=quality.seed,
+            baseline_digest=quality.baseline_digest,
+        ),
+        model=explanation.model,
+        model_version=explanation.model_version,
+        method=explanation.method,
+        request_id=explanation.request_id,
+    )
+
+
+def prediction_to_proto(prediction: dp.Prediction) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        outputs=tensor_to_proto(prediction.outputs),
+        predicted=prediction.predicted.tolist(),
+        model=prediction.model,
+        model_version=prediction.model_version,
+        request_id=prediction.request_id,
+    )
+
+
+def models_to_proto(models: list[dp.ModelSummary]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelInfo(
+                name=m.name,
+                versions=m.versions,
+                latest_version=m.latest_version,
+                task=m.task,
+                input=pb.InputSpec(
+                    shape=m.input_shape,
+                    dtype=m.input_dtype,
+                    min=m.input_range[0] if m.input_range else None,
+                    max=m.input_range[1] if m.input_range else None,
+                    feature_names=m.feature_names,
+                ),
+                labels=m.labels,
+                output_kind=m.output_kind,
+                methods=[
+                    pb.MethodInfo(
+                        name=x.name,
+                        mode=x.mode,
+                        attribution_shape=x.attribution_shape,
+                        params_schema=x.params_schema,
+                    )
+                    for x in m.methods
+                ],
+                description=m.description,
+            )
+            for m in models
+        ]
+    )
+
+
+def array_from_response(message: pb.Tensor) -> npt.NDArray[Any]:
+    """For clients: a writable copy of a response tensor."""
+    return np.array(tensor_from_proto("tensor", message))

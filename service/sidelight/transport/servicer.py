@@ -1,0 +1,102 @@
+"""The gRPC servicer: messages in, data plane call, messages out. Nothing else lives here.
+
+Every RPC goes through `_answer`, which times it, counts it in flight, and turns any error into
+a status with `sidelight.transport.status` - the one place where that mapping is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from sidelight import dataplane as dp
+from sidelight.errors import Overloaded
+from sidelight.methods.catalog import METHODS
+from sidelight.metrics import Metrics
+from sidelight.transport import codec
+from sidelight.transport.status import status_for
+from sidelight.v1 import explainer_pb2 as pb
+from sidelight.v1 import explainer_pb2_grpc as pb_grpc
+
+Reply = TypeVar("Reply")
+
+
+class ExplainerServicer(pb_grpc.ExplainerServicer):
+    def __init__(self, plane: dp.DataPlane, metrics: Metrics) -> None:
+        self._plane = plane
+        self._metrics = metrics
+        self._known_models = set(plane.registry.names())
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListModelsResponse:
+        async def answer() -> pb.ListModelsResponse:
+            return codec.models_to_proto(self._plane.list_models())
+
+        return await self._answer("ListModels", "", "", context, answer)
+
+    async def Predict(
+        self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PredictResponse:
+        async def answer() -> pb.PredictResponse:
+            call = codec.predict_request(request, _deadline(context))
+            return codec.prediction_to_proto(await self._plane.predict(call))
+
+        return await self._answer("Predict", request.model, "", context, answer)
+
+    async def Explain(
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ExplainResponse:
+        async def answer() -> pb.ExplainResponse:
+            call = codec.explain_request(request, _deadline(context))
+            explanation = await self._plane.explain(call)
+            self._record_quality(explanation)
+            return codec.explanation_to_proto(explanation)
+
+        return await self._answer("Explain", request.model, request.method, context, answer)
+
+    async def _answer(
+        self,
+        rpc: str,
+        model: str,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        answer: Callable[[], Awaitable[Reply]],
+    ) -> Reply:
+        model_label = model if model in self._known_models else ("" if not model else "unknown")
+        method_label = method if method in METHODS else ("" if not method else "unknown")
+        in_flight = self._metrics.rpc_in_flight.labels(rpc)
+        in_flight.inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await answer()
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            if isinstance(exc, Overloaded):
+                self._metrics.rejected.labels(model_label).inc()
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            in_flight.dec()
+            self._metrics.rpc_duration.labels(rpc, model_label, method_label, code.name).observe(
+                time.perf_counter() - started
+            )
+
+    def _record_quality(self, explanation: dp.Explanation) -> None:
+        labels = (explanation.model, explanation.method)
+        self._metrics.model_evaluations.labels(*labels).inc(explanation.quality.model_evaluations)
+        histogram = self._metrics.completeness_error.labels(*labels)
+        for value in explanation.quality.relative_completeness_error:
+            histogram.observe(value)
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    return dp.monotonic_deadline(context.time_remaining())

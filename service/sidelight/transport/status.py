@@ -1,0 +1,36 @@
+"""The one table from domain errors to gRPC status codes.
+
+Looked up along the exception's class hierarchy, so a new subclass inherits its parent's code.
+Anything not in the table is a bug: the client gets INTERNAL with an incident id and nothing of
+the exception, and the server log gets the traceback under the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+
+from sidelight import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(code, message) to send for `exc`."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code, str(exc)
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error, incident %s", incident, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"

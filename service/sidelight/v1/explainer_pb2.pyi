@@ -1,0 +1,156 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("model", "model_version", "inputs", "method", "targets", "params", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    inputs: Tensor
+    method: str
+    targets: _containers.RepeatedScalarFieldContainer[int]
+    params: _struct_pb2.Struct
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., targets: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Quality(_message.Message):
+    __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest")
+    COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    completeness_error: _containers.RepeatedScalarFieldContainer[float]
+    relative_completeness_error: _containers.RepeatedScalarFieldContainer[float]
+    model_evaluations: int
+    seed: int
+    baseline_digest: str
+    def __init__(self, completeness_error: _Optional[_Iterable[float]] = ..., relative_completeness_error: _Optional[_Iterable[float]] = ..., model_evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., baseline_digest: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("explanation_id", "outputs", "targets", "attributions", "quality", "model", "model_version", "method", "request_id")
+    EXPLANATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    explanation_id: str
+    outputs: Tensor
+    targets: _containers.RepeatedScalarFieldContainer[int]
+    attributions: Tensor
+    quality: Quality
+    model: str
+    model_version: str
+    method: str
+    request_id: str
+    def __init__(self, explanation_id: _Optional[str] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., attributions: _Optional[_Union[Tensor, _Mapping]] = ..., quality: _Optional[_Union[Quality, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("model", "model_version", "inputs", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    inputs: Tensor
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("outputs", "predicted", "model", "model_version", "request_id")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    outputs: Tensor
+    predicted: _containers.RepeatedScalarFieldContainer[int]
+    model: str
+    model_version: str
+    request_id: str
+    def __init__(self, outputs: _Optional[_Union[Tensor, _Mapping]] = ..., predicted: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class InputSpec(_message.Message):
+    __slots__ = ("shape", "dtype", "min", "max", "feature_names")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    min: float
+    max: float
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MethodInfo(_message.Message):
+    __slots__ = ("name", "mode", "attribution_shape", "params_schema")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mode: str
+    attribution_shape: str
+    params_schema: str
+    def __init__(self, name: _Optional[str] = ..., mode: _Optional[str] = ..., attribution_shape: _Optional[str] = ..., params_schema: _Optional[str] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "versions", "latest_version", "task", "input", "labels", "output_kind", "methods", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_KIND_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    latest_version: str
+    task: str
+    input: InputSpec
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    output_kind: str
+    methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
+    description: str
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., latest_version: _Optional[str] = ..., task: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_kind: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., description: _Optional[str] = ...) -> None: ...

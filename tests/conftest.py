@@ -1,0 +1,106 @@
+"""Shared fixtures: a model repository built for the session, and real servers on free ports.
+
+The repository holds the demo `digits` and `breast_cancer` models, trained here from
+scikit-learn's data exactly as `sidelight models build-demo` does, and `tiny_torchscript`, a
+TorchScript MLP that exercises the TorchScript loader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+import yaml
+from sidelight.client import CHANNEL_OPTIONS
+from sidelight.demo.architectures import TabularMlp
+from sidelight.demo.build import build_demo
+from sidelight.methods.catalog import check_model
+from sidelight.models.registry import ModelRegistry
+from sidelight.settings import BatchingSettings, ServerSettings
+from sidelight.transport.server import Service
+
+TINY_FEATURES = 4
+
+
+def write_torchscript_model(folder: Path, *, seed: int = 0) -> None:
+    """A 4-feature, 3-class TorchScript MLP with a config allowing the gradient methods."""
+    torch.manual_seed(seed)
+    model = TabularMlp(TINY_FEATURES, 3, hidden=8).eval()
+    (folder / "1").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in 2.13
+        torch.jit.save(torch.jit.script(model), str(folder / "1" / "model.pt"))  # type: ignore[no-untyped-call]
+    config = {
+        "task": "tabular_classification",
+        "input": {"shape": [TINY_FEATURES], "dtype": "FP32", "range": [-100.0, 100.0]},
+        "output": "logits",
+        "labels": ["a", "b", "c"],
+        "methods": ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"],
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model-repository")
+    build_demo(root, None, ["digits", "breast_cancer"])
+    write_torchscript_model(root / "tiny_torchscript")
+    return root
+
+
+@pytest.fixture(scope="session")
+def registry(model_repository: Path) -> ModelRegistry:
+    return ModelRegistry.load(model_repository, [torch.device("cpu")], check_model)
+
+
+class ServerThread:
+    """A real Sidelight server on a free loopback port, its asyncio loop in a thread."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.service: Service = self.call(Service.start(settings), timeout=120)
+        self.address = f"127.0.0.1:{self.service.endpoints.grpc_port}"
+
+    def call(self, coroutine, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.call(self.service.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def server_settings(model_repository: Path, **batching: object) -> ServerSettings:
+    return ServerSettings(
+        model_repository=model_repository,
+        port=0,
+        metrics_port=0,
+        grace_period_s=2.0,
+        batching=replace(BatchingSettings(), **batching),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def server(model_repository: Path) -> Iterator[ServerThread]:
+    running = ServerThread(server_settings(model_repository))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    with server.channel() as opened:
+        yield opened

@@ -1,0 +1,150 @@
+"""A wrong model repository is refused at start with a message naming the file and the field."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import write_torchscript_model
+from sidelight.errors import ConfigError, ModelNotFound, VersionNotFound
+from sidelight.methods.catalog import check_model
+from sidelight.models.registry import ModelRegistry
+
+CPU = [torch.device("cpu")]
+
+
+@pytest.fixture
+def repository(tmp_path: Path, model_repository: Path) -> Path:
+    """A private copy of digits and breast_cancer, free to break."""
+    root = tmp_path / "repo"
+    for name in ("digits", "breast_cancer"):
+        shutil.copytree(model_repository / name, root / name)
+    return root
+
+
+def edit_config(root: Path, model: str, change: Callable[[dict[str, Any]], None]) -> Path:
+    path = root / model / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def refused(root: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as raised:
+        ModelRegistry.load(root, CPU, check_model)
+    return raised.value
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        (lambda c: c.pop("task"), "task", "required"),
+        (lambda c: c.update(task="segmentation"), "task", "image_classification"),
+        (lambda c: c["input"].update(shape=[1, 8]), "input.shape", "cannot run"),
+        (lambda c: c["input"].update(shape=[0, 8, 8]), "input.shape.0", "greater"),
+        (lambda c: c["input"].update(dtype="INT8"), "input.dtype", "FP32"),
+        (lambda c: c["input"].update(range=[1.0, 0.0]), "input", "min < max"),
+        (lambda c: c.update(output="scores"), "output", "logits"),
+        (lambda c: c.update(labels=["a", "b", "c"]), "labels", "10 classes"),
+        (lambda c: c.update(methods=["saliency", "telepathy"]), "methods", "telepathy"),
+        (lambda c: c.update(methods=[]), "methods", "at least 1"),
+        (lambda c: c.update(default_baseline="mean"), "default_baseline", "not one of"),
+        (lambda c: c["cam"].update(layer="no.such.layer"), "cam.layer", "no module"),
+        (lambda c: c["cam"].update(classifier="features"), "cam.classifier", "no parameter"),
+        (lambda c: c.pop("cam"), "methods", "cam needs ['classifier', 'layer']"),
+        (lambda c: c.update(colour="blue"), "colour", "not permitted"),
+        (lambda c: c["baselines"].update(bad={"value": 1, "file": "x.npy"}), "baselines", "one"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_wrong_digits_config_is_refused(
+    repository: Path, change: Callable[[dict[str, Any]], None], field: str, words: str
+) -> None:
+    path = edit_config(repository, "digits", change)
+    error = refused(repository)
+    assert error.path == str(path)
+    assert error.field is not None and error.field.startswith(field), str(error)
+    assert words in str(error)
+
+
+def test_baseline_file_of_the_wrong_shape(repository: Path) -> None:
+    np.save(repository / "breast_cancer" / "baseline_mean.npy", np.zeros(29, np.float32))
+    error = refused(repository)
+    assert error.field == "baselines.mean.file" and "[29]" in str(error)
+
+
+def test_baseline_file_that_is_a_pickle_is_refused(repository: Path) -> None:
+    np.save(
+        repository / "breast_cancer" / "baseline_mean.npy",
+        np.array([{"not": "numbers"}], dtype=object),
+        allow_pickle=True,
+    )
+    error = refused(repository)
+    assert "baseline_mean.npy" in error.path and "not a readable .npy" in str(error)
+
+
+def test_config_that_is_not_yaml(repository: Path) -> None:
+    (repository / "digits" / "config.yaml").write_text("task: [unclosed")
+    assert "not valid YAML" in str(refused(repository))
+
+
+def test_version_folder_without_a_model_file(repository: Path) -> None:
+    (repository / "digits" / "2").mkdir()
+    error = refused(repository)
+    assert error.path.endswith("digits/2") and "model.pt2" in str(error)
+
+
+def test_version_folder_with_a_bad_name(repository: Path) -> None:
+    (repository / "digits" / "latest").mkdir()
+    assert "1, 2, 3" in str(refused(repository))
+
+
+def test_corrupt_model_file(repository: Path) -> None:
+    (repository / "digits" / "1" / "model.pt2").write_bytes(b"not a zip archive")
+    error = refused(repository)
+    assert error.path.endswith("model.pt2") and "torch_export" in str(error)
+
+
+def test_torchscript_model_cannot_offer_layer_methods(repository: Path) -> None:
+    write_torchscript_model(repository / "tiny")
+    edit_config(repository, "tiny", lambda c: c["methods"].append("deeplift"))
+    error = refused(repository)
+    assert error.field == "methods" and "torch.export" in str(error)
+
+
+def test_versions_and_latest(repository: Path) -> None:
+    shutil.copytree(repository / "digits" / "1", repository / "digits" / "10")
+    shutil.copytree(repository / "digits" / "1", repository / "digits" / "2")
+    registry = ModelRegistry.load(repository, CPU, check_model)
+    assert registry.versions("digits") == ["1", "2", "10"]
+    assert registry.get("digits").version == "10"
+    assert registry.get("digits", "2").version == "2"
+    with pytest.raises(VersionNotFound, match="no version '3'"):
+        registry.get("digits", "3")
+    with pytest.raises(ModelNotFound, match="known: \\['breast_cancer', 'digits'\\]"):
+        registry.get("mnist")
+
+
+def test_loaded_model_records_digests_and_capabilities(repository: Path) -> None:
+    model = ModelRegistry.load(repository, CPU, check_model).get("digits").primary
+    assert len(model.file_digest) == 64
+    assert model.num_classes == 10
+    assert {c.value for c in model.capabilities} == {
+        "gradients",
+        "module_rules",
+        "layer",
+        "classifier",
+    }
+    assert model.classifier_weight is not None and tuple(model.classifier_weight.shape) == (
+        10,
+        64,
+    )
+    zero = model.baseline()
+    assert zero.tensor.shape == (1, 1, 8, 8) and float(zero.tensor.abs().sum()) == 0.0
