@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from sidelight.batching.scheduler import Group, Scheduler, TakenBatch
-from sidelight.batching.sizing import ChunkSizer
+from sidelight.batching.sizing import START_ROWS, ChunkSizer
 from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
@@ -71,7 +71,9 @@ class DeviceExecutor:
         sizer = self._sizers.get(group.key)
         if sizer is None:
             sizer = ChunkSizer(
-                self._settings.max_rows_per_call, adaptive=self._settings.adaptive_chunks
+                self._settings.max_rows_per_call,
+                adaptive=self._settings.adaptive_chunks,
+                start=max(START_ROWS, group.rows_per_instance),
             )
             self._sizers[group.key] = sizer
         return sizer

@@ -33,12 +33,15 @@ class ChunkSizer:
 
     bound: int
     adaptive: bool = True
+    # Where the climb starts: a group whose instance costs many rows (IG's steps) starts at one
+    # whole instance per call, which no device runs slower than a fraction of one.
+    start: int = START_ROWS
     current: int = field(init=False)
     settled: bool = field(init=False, default=False)
     _seen: dict[int, _Measured] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.current = min(START_ROWS, self.bound) if self.adaptive else self.bound
+        self.current = min(max(self.start, 1), self.bound) if self.adaptive else self.bound
         self.settled = not self.adaptive
 
     def record(self, rows: int, seconds: float) -> None:
