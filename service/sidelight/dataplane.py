@@ -6,6 +6,7 @@ Validation happens here, before a request is queued, so a bad request never cost
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ import torch
 
 from sidelight.batching.scheduler import Group, Scheduler
 from sidelight.errors import InvalidArgument, InvalidTarget, InvalidTensor
-from sidelight.methods.base import AttributionShape, Batch, SeededParams
+from sidelight.methods.base import AttributionShape, Batch, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
 from sidelight.methods.chunking import run_chunked
 from sidelight.models.model import Model
@@ -28,6 +29,8 @@ from sidelight.models.registry import ModelRegistry, ModelVersion
 from sidelight.tensors import DTYPES, RawTensor
 
 SEED_BITS = 63
+# Batching groups (model, version, method, params, input shape) kept for reuse.
+MAX_GROUPS = 1024
 PREDICT = "predict"
 
 
@@ -144,8 +147,11 @@ class DataPlane:
         self._registry = registry
         self._scheduler = scheduler
         self._max_instances = max_instances_per_request
-        self._predict_groups: dict[tuple[str, str, tuple[int, ...]], Group] = {}
-        self._explain_groups: dict[tuple[Any, ...], Group] = {}
+        # Groups are made on first use and kept for the next requests alike. The keys come from
+        # what clients send (params, input shapes), so the caches are bounded: an evicted group
+        # is made again when needed (requests queued under it are unaffected).
+        self._predict_group = functools.lru_cache(maxsize=MAX_GROUPS)(self._new_predict_group)
+        self._explain_group = functools.lru_cache(maxsize=MAX_GROUPS)(self._new_explain_group)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -177,11 +183,7 @@ class DataPlane:
     async def predict(self, request: PredictRequest) -> Prediction:
         entry = self._registry.get(request.model, request.model_version)
         inputs = self._validate_inputs(entry, request.inputs)
-        key = (entry.name, entry.version, tuple(inputs.shape[1:]))
-        group = self._predict_groups.get(key)
-        if group is None:
-            group = Group(key, entry.name, entry.version, PREDICT, _run_predict, _split)
-            self._predict_groups[key] = group
+        group = self._predict_group(entry.name, entry.version, tuple(inputs.shape[1:]))
         no_targets = torch.full((inputs.shape[0],), -1, dtype=torch.int64)
         result: _BatchResult = await self._scheduler.submit(
             group, inputs, no_targets, 0, request.deadline
@@ -229,34 +231,35 @@ class DataPlane:
             request_id=request.request_id,
         )
 
-    def _explain_group(
-        self, entry: ModelVersion, method: AnyMethod, params: Any, shape: tuple[int, ...]
+    @staticmethod
+    def _new_predict_group(model: str, version: str, shape: tuple[int, ...]) -> Group:
+        return Group((model, version, shape), model, version, PREDICT, _run_predict, _split)
+
+    @staticmethod
+    def _new_explain_group(
+        entry: ModelVersion, method: AnyMethod, params: Params, shape: tuple[int, ...]
     ) -> Group:
         params_key = json.dumps(params.model_dump(mode="json"), sort_keys=True)
         key = (entry.name, entry.version, method.name, params_key, shape)
-        group = self._explain_groups.get(key)
-        if group is None:
 
-            def run(
-                model: Model,
-                inputs: torch.Tensor,
-                targets: torch.Tensor,
-                seeds: torch.Tensor,
-                max_rows: int,
-            ) -> _BatchResult:
-                return _run_explain(method, params, model, inputs, targets, seeds, max_rows)
+        def run(
+            model: Model,
+            inputs: torch.Tensor,
+            targets: torch.Tensor,
+            seeds: torch.Tensor,
+            max_rows: int,
+        ) -> _BatchResult:
+            return _run_explain(method, params, model, inputs, targets, seeds, max_rows)
 
-            group = Group(
-                key,
-                entry.name,
-                entry.version,
-                method.name,
-                run,
-                _split,
-                rows_per_instance=method.rows_per_instance(params),
-            )
-            self._explain_groups[key] = group
-        return group
+        return Group(
+            key,
+            entry.name,
+            entry.version,
+            method.name,
+            run,
+            _split,
+            rows_per_instance=method.rows_per_instance(params),
+        )
 
     def _validate_inputs(self, entry: ModelVersion, raw: RawTensor) -> torch.Tensor:
         array = raw.decode("inputs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
+
+MAX_SIZERS = 1024
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,9 @@ class DeviceExecutor:
         self._replica = replica
         self._settings = settings
         self._on_batch = on_batch
-        self._sizers: dict[Hashable, ChunkSizer] = {}
+        # One sizer per group key, bounded like the groups themselves (their keys come from
+        # what clients send); an evicted group learns its size again.
+        self._sizers: OrderedDict[Hashable, ChunkSizer] = OrderedDict()
         self._thread = threading.Thread(target=self._loop, name=f"executor-{device}", daemon=True)
 
     def start(self) -> None:
@@ -69,13 +74,17 @@ class DeviceExecutor:
 
     def _sizer(self, group: Group) -> ChunkSizer:
         sizer = self._sizers.get(group.key)
-        if sizer is None:
+        if sizer is not None:
+            self._sizers.move_to_end(group.key)
+        else:
             sizer = ChunkSizer(
                 self._settings.max_rows_per_call,
                 adaptive=self._settings.adaptive_chunks,
                 start=max(START_ROWS, group.rows_per_instance),
             )
             self._sizers[group.key] = sizer
+            if len(self._sizers) > MAX_SIZERS:
+                self._sizers.popitem(last=False)
         return sizer
 
     def _run(self, batch: TakenBatch) -> None:
