@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import secrets
 import time
 import uuid
@@ -212,7 +213,7 @@ class DataPlane:
         assert result.attributions is not None
         baseline_name = getattr(params, "baseline", None) if _uses_baseline(params) else None
         return Explanation(
-            explanation_id=uuid.uuid4().hex,
+            explanation_id=new_explanation_id(),
             model=entry.name,
             model_version=entry.version,
             method=method.name,
@@ -304,16 +305,26 @@ def _targets(requested: Sequence[int], n: int, classes: int) -> torch.Tensor:
         raise InvalidTarget(
             "targets", f"has {len(requested)} values; give none, one, or one per instance ({n})"
         )
-    values = torch.tensor(list(requested), dtype=torch.int64)
-    bad = (values < 0) | (values >= classes)
-    if bool(bad.any()):
-        index = int(bad.nonzero()[0, 0])
+    if len(requested) == 0:
+        return torch.full((n,), -1, dtype=torch.int64)
+    # numpy, not torch: on a handful of values each torch call costs more than the check.
+    values = np.fromiter(requested, dtype=np.int64, count=len(requested))
+    bad = np.flatnonzero((values < 0) | (values >= classes))
+    if bad.size:
+        index = int(bad[0])
         raise InvalidTarget(
             f"targets[{index}]", f"class {int(values[index])} is outside [0, {classes})"
         )
-    if len(requested) == 0:
-        return torch.full((n,), -1, dtype=torch.int64)
-    return values.expand(n).clone() if len(requested) == 1 else values
+    return torch.from_numpy(np.repeat(values, n) if len(requested) == 1 else values)
+
+
+# Explanation ids must be unique, not secret: a generator seeded once from the OS is enough and
+# spares every call a system call (uuid4 reads os.urandom each time).
+_ids = random.Random(secrets.randbits(128))
+
+
+def new_explanation_id() -> str:
+    return uuid.UUID(int=_ids.getrandbits(128), version=4).hex
 
 
 def _uses_baseline(params: Any) -> bool:

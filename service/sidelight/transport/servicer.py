@@ -7,6 +7,7 @@ a status with `sidelight.transport.status` - the one place where that mapping is
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,6 +31,10 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self._plane = plane
         self._metrics = metrics
         self._known_models = set(plane.registry.names())
+        # Labelled children, looked up once: `labels()` costs more than the observation. The
+        # label values are bounded (see `_answer`), so are these caches.
+        self._in_flight = functools.cache(metrics.rpc_in_flight.labels)
+        self._duration = functools.cache(metrics.rpc_duration.labels)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -69,7 +74,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     ) -> Reply:
         model_label = model if model in self._known_models else ("" if not model else "unknown")
         method_label = method if method in METHODS else ("" if not method else "unknown")
-        in_flight = self._metrics.rpc_in_flight.labels(rpc)
+        in_flight = self._in_flight(rpc)
         in_flight.inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -86,7 +91,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             in_flight.dec()
-            self._metrics.rpc_duration.labels(rpc, model_label, method_label, code.name).observe(
+            self._duration(rpc, model_label, method_label, code.name).observe(
                 time.perf_counter() - started
             )
 
