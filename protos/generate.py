@@ -1,6 +1,6 @@
 """Generate the Python stubs for protos/sidelight/v1/*.proto into service/ (or another root).
 
-`make protos` runs this; tests/test_protos.py runs it into a temporary folder and fails when
+`make protos` runs this; tests/unit/test_protos.py runs it into a temporary folder and fails when
 the committed stubs differ, so that the stubs can never be stale against the .proto files.
 """
 

@@ -6,6 +6,7 @@ only ever sees numpy arrays. Decoding is zero-copy (a read-only view on the mess
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,13 +66,18 @@ def decode(field: str, dtype: str, shape: Sequence[int], data: bytes) -> npt.NDA
     if any(d < 0 for d in dims):
         raise InvalidTensor(f"{field}.shape", f"{dims} has a negative dimension")
     np_dtype = DTYPES[dtype]
-    expected = int(np.prod(dims, dtype=np.int64)) * np_dtype.itemsize
+    # Python integers: an int64 product of client-sent dimensions can wrap around (to 0 with
+    # [2**32, 2**32]) and let an empty payload pass, to fail later in reshape as a bug.
+    expected = math.prod(dims) * np_dtype.itemsize
     if len(data) != expected:
         raise InvalidTensor(
             f"{field}.data",
             f"has {len(data)} bytes; shape {dims} of {dtype} needs {expected}",
         )
-    return np.frombuffer(data, dtype=np_dtype).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=np_dtype).reshape(dims)
+    except ValueError as exc:  # zero-size, but the other dimensions are past what numpy indexes
+        raise InvalidTensor(f"{field}.shape", f"{dims} is too large") from exc
 
 
 def encode(array: npt.NDArray[np.generic]) -> tuple[str, list[int], bytes]:

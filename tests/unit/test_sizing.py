@@ -1,0 +1,123 @@
+"""ChunkSizer: the adaptive rows-per-call of one batch group, fed synthetic measurements.
+
+The sizer never reads a clock: the executor times each batch and calls `record(rows, seconds)`.
+Here the "device" is a cost model, so every expected size can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from sidelight.batching.sizing import GAIN, SAMPLES_PER_SIZE, START_ROWS, ChunkSizer
+
+Cost = Callable[[int, int], float]
+
+
+def call_cost(overhead: float, per_row: float) -> Cost:
+    """Seconds for `rows` rows in calls of `chunk` rows: a fixed cost per call plus per row."""
+
+    def seconds(rows: int, chunk: int) -> float:
+        calls = -(-rows // chunk)
+        return calls * overhead + rows * per_row
+
+    return seconds
+
+
+def feed(sizer: ChunkSizer, seconds_per_row: float, times: int = SAMPLES_PER_SIZE) -> None:
+    """`times` full batches at the current size, each taking `seconds_per_row` per row."""
+    for _ in range(times):
+        rows = 4 * sizer.current
+        sizer.record(rows, seconds_per_row * rows)
+
+
+def climb(sizer: ChunkSizer, seconds: Cost, limit: int = 100) -> list[int]:
+    """Drive the sizer as the executor does until it settles; the sizes it used, in order."""
+    used = [sizer.current]
+    for _ in range(limit):
+        if sizer.settled:
+            return used
+        rows = 4 * sizer.current
+        sizer.record(rows, seconds(rows, sizer.current))
+        if sizer.current != used[-1]:
+            used.append(sizer.current)
+    raise AssertionError(f"never settled: {used}")
+
+
+def test_starts_at_eight_rows_within_the_bound() -> None:
+    assert START_ROWS == 8
+    sizer = ChunkSizer(512)
+    assert (sizer.current, sizer.settled) == (8, False)
+    assert ChunkSizer(5).current == 5  # the bound wins over the start
+
+
+def test_fixed_chunks_use_the_bound_and_never_move() -> None:
+    sizer = ChunkSizer(96, adaptive=False)
+    assert (sizer.current, sizer.settled) == (96, True)
+    feed(sizer, 1.0)
+    assert sizer.current == 96
+
+
+def test_a_size_is_judged_on_several_full_calls() -> None:
+    sizer = ChunkSizer(512)
+    feed(sizer, 1.0, times=SAMPLES_PER_SIZE - 1)
+    assert sizer.current == 8
+    feed(sizer, 1.0, times=1)
+    assert sizer.current == 16
+
+
+def test_partial_and_empty_measurements_are_ignored() -> None:
+    sizer = ChunkSizer(512)
+    for _ in range(10):
+        sizer.record(7, 1.0)  # fewer rows than one chunk: says nothing about the size
+        sizer.record(64, 0.0)  # a clock that did not move
+        sizer.record(64, -1.0)
+    assert (sizer.current, sizer.settled) == (8, False)
+
+
+def test_doubles_while_the_time_per_row_improves_enough_then_goes_back() -> None:
+    sizer = ChunkSizer(512)
+    feed(sizer, 1.0)
+    assert sizer.current == 16
+    feed(sizer, 0.5)  # 50% better: keep doubling
+    assert sizer.current == 32
+    feed(sizer, 0.5 * (1 - GAIN - 0.01))  # 6% better: still worth it
+    assert sizer.current == 64
+    feed(sizer, 0.47 * (1 - GAIN + 0.01))  # only 4% better than 32: back to 32, for good
+    assert (sizer.current, sizer.settled) == (32, True)
+    feed(sizer, 0.001)  # later measurements no longer move it
+    assert sizer.current == 32
+
+
+def test_a_size_that_is_slower_sends_it_back() -> None:
+    sizer = ChunkSizer(512)
+    feed(sizer, 1.0)
+    feed(sizer, 1.2)
+    assert (sizer.current, sizer.settled) == (8, True)
+
+
+def test_a_large_model_settles_where_doubling_stops_paying() -> None:
+    # Time per row = overhead / chunk + per_row: each doubling halves the first term.
+    # 1024 -> 2048 saves under 5% (0.01098 -> 0.01049 s per row), so 1024 it is.
+    seconds = call_cost(overhead=1.0, per_row=0.01)
+    sizer = ChunkSizer(4096)
+    used = climb(sizer, seconds)
+    assert used == [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 1024]
+    assert sizer.current == 1024
+
+
+def test_a_model_that_always_gains_climbs_to_the_bound_and_no_further() -> None:
+    seconds = call_cost(overhead=1.0, per_row=0.0)  # a GPU with memory to spare
+    sizer = ChunkSizer(256)
+    assert climb(sizer, seconds) == [8, 16, 32, 64, 128, 256]
+    assert sizer.current == 256
+
+
+@pytest.mark.parametrize(("bound", "settles_at"), [(20, 16), (100, 64), (8, 8), (3, 3)])
+def test_never_tries_a_size_past_a_bound_that_is_not_a_power_of_two(
+    bound: int, settles_at: int
+) -> None:
+    sizer = ChunkSizer(bound)
+    used = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
+    assert max(used) <= bound
+    assert sizer.current == settles_at
