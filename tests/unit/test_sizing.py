@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import torch
 from sidelight.batching.sizing import GAIN, SAMPLES_PER_SIZE, START_ROWS, ChunkSizer
 
 Cost = Callable[[int, int], float]
@@ -121,3 +122,28 @@ def test_never_tries_a_size_past_a_bound_that_is_not_a_power_of_two(
     used = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
     assert max(used) <= bound
     assert sizer.current == settles_at
+
+
+def test_a_group_with_many_rows_per_instance_starts_at_one_instance() -> None:
+    """IG with 32 steps: one instance per call from the start, never more than the bound."""
+    assert ChunkSizer(512, start=32).current == 32
+    assert ChunkSizer(512, start=4096).current == 512
+    assert ChunkSizer(512, start=32, adaptive=False).current == 512
+
+
+def test_the_executor_starts_each_group_at_its_rows_per_instance() -> None:
+    from sidelight.batching.executor import DeviceExecutor
+    from sidelight.batching.scheduler import Group, Scheduler
+    from sidelight.settings import BatchingSettings
+
+    settings = BatchingSettings()
+    executor = DeviceExecutor(
+        torch.device("cpu"),
+        Scheduler(settings),
+        lambda *args: None,
+        settings,  # type: ignore[arg-type,return-value]
+    )
+    ig = Group("ig", "m", "1", "integrated_gradients", print, print, rows_per_instance=32)
+    saliency = Group("s", "m", "1", "saliency", print, print)
+    assert executor._sizer(ig).current == 32
+    assert executor._sizer(saliency).current == START_ROWS
