@@ -5,6 +5,8 @@ epsilon absorb; that residue is reported as the completeness error."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from captum.attr import LRP as CaptumLRP
 from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
@@ -27,11 +29,30 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if not any(True for _ in m.children())]
 
 
+class _PassThroughRule(IdentityRule):  # type: ignore[misc]
+    """Captum's IdentityRule, fixed for a layer right after a nonlinearity (the CAM marker
+    follows the last ReLU). Captum's backward hook on a ReLU passes on `grad.replace_out`,
+    which the input hooks of the other rules set; IdentityRule's does not, so the ReLU passed
+    on the marker's normalised gradient (relevance / activation) instead of the relevance,
+    and every layer below was off (digits maps differed from LRP on the eager model by more
+    than their own magnitude)."""
+
+    def _create_backward_hook_input(
+        self, inputs: torch.Tensor
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        def _backward_hook_input(grad: torch.Tensor) -> torch.Tensor:
+            relevance: torch.Tensor = self.relevance_output[grad.device]
+            grad.replace_out = relevance  # type: ignore[attr-defined]
+            return relevance
+
+        return _backward_hook_input
+
+
 def _rule_for(layer: nn.Module, epsilon: float) -> EpsilonRule | IdentityRule | None:
     if type(layer) in SUPPORTED_NON_LINEAR_LAYERS:
         return None
     if isinstance(layer, (nn.Identity, LayerMarker)):
-        return IdentityRule()
+        return _PassThroughRule()
     return EpsilonRule(epsilon=epsilon)
 
 

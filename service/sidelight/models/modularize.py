@@ -103,7 +103,15 @@ def _batch_norm(gm: fx.GraphModule, args: tuple[Any, ...]) -> tuple[nn.Module, t
     norm_weight, norm_bias = _param(gm, weight), _param(gm, bias)
     running_mean, running_var = _param(gm, mean), _param(gm, var)
     assert running_mean is not None and running_var is not None
-    norm = nn.BatchNorm2d(running_mean.shape[0], eps=eps, affine=norm_weight is not None)
+    # aten.batch_norm serves every rank; the module classes check theirs (BatchNorm1d in an
+    # MLP rebuilt as BatchNorm2d failed on its 2-D input, so the model could not load).
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(
+        val.dim() if isinstance(val, torch.Tensor) else -1
+    )
+    if kind is None:
+        raise _Unsupported
+    norm = kind(running_mean.shape[0], eps=eps, affine=norm_weight is not None)
     if norm_weight is not None:
         norm.weight = norm_weight  # type: ignore[assignment]
         norm.bias = norm_bias  # type: ignore[assignment]
@@ -161,6 +169,7 @@ def _avg_pool2d(gm: fx.GraphModule, args: tuple[Any, ...]) -> tuple[nn.Module, t
         padding=_arg(args, 3, 0),
         ceil_mode=_arg(args, 4, False),
         count_include_pad=_arg(args, 5, True),
+        divisor_override=_arg(args, 6, None),  # dropped, it changed the model's outputs
     ), (args[0],)
 
 
