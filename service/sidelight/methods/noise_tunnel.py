@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from sidelight.errors import InvalidParams
 from sidelight.methods.base import (
     Attribution,
     Batch,
@@ -69,6 +70,13 @@ class _NoiseTunnel(Method[NoiseParams]):
         self, model: Model, batch: Batch, params: NoiseParams, max_rows: int
     ) -> Attribution:
         base = self.bases[params.base]
+        missing = base.needs - model.capabilities
+        if missing:  # e.g. guided_backprop on TorchScript: its rules would silently not apply
+            raise InvalidParams(
+                "params.base",
+                f"{params.base} needs {sorted(c.value for c in missing)}, which model "
+                f"{model.name!r} does not offer (method {self.name})",
+            )
         base_params = base.params_type()
         outputs, targets = resolve_targets(model, batch.inputs, batch.targets)
         n, s = len(batch), params.samples
