@@ -197,6 +197,7 @@ class DataPlane:
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         params = parse_params(method, request.params or {})
+        method.check_params(entry.primary, params)
         _check_baseline(entry, params)
         inputs = self._validate_inputs(entry, request.inputs)
         targets = _targets(request.targets, inputs.shape[0], entry.primary.num_classes)

@@ -138,6 +138,17 @@ CASES = [
         "params.baseline",
     ),
     (
+        "noise base the model cannot run",
+        explain_request(
+            "tiny_torchscript",
+            np.zeros((1, 4), np.float32),
+            "smoothgrad",
+            params={"base": "guided_backprop"},
+        ),
+        INVALID,
+        "params.base",
+    ),
+    (
         "seed out of range",
         explain_request("digits", digits(), "smoothgrad", params={"seed": -3}),
         INVALID,

@@ -85,6 +85,9 @@ class Method(ABC, Generic[P]):
     def check(self, model: Model) -> None:
         """Raise ConfigError if `model` cannot support this method beyond its capabilities."""
 
+    def check_params(self, model: Model, params: P) -> None:
+        """Raise InvalidParams if these params cannot run on `model` (checked before queueing)."""
+
     @abstractmethod
     def attribute(self, model: Model, batch: Batch, params: P, max_rows: int) -> Attribution:
         """Attributions for every instance of `batch`; at most `max_rows` rows per model call."""

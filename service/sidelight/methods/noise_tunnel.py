@@ -66,17 +66,20 @@ class _NoiseTunnel(Method[NoiseParams]):
         base = self.bases[params.base]
         return params.samples * base.rows_per_instance(base.params_type())
 
-    def attribute(
-        self, model: Model, batch: Batch, params: NoiseParams, max_rows: int
-    ) -> Attribution:
-        base = self.bases[params.base]
-        missing = base.needs - model.capabilities
+    def check_params(self, model: Model, params: NoiseParams) -> None:
+        missing = self.bases[params.base].needs - model.capabilities
         if missing:  # e.g. guided_backprop on TorchScript: its rules would silently not apply
             raise InvalidParams(
                 "params.base",
                 f"{params.base} needs {sorted(c.value for c in missing)}, which model "
                 f"{model.name!r} does not offer (method {self.name})",
             )
+
+    def attribute(
+        self, model: Model, batch: Batch, params: NoiseParams, max_rows: int
+    ) -> Attribution:
+        self.check_params(model, params)
+        base = self.bases[params.base]
         base_params = base.params_type()
         outputs, targets = resolve_targets(model, batch.inputs, batch.targets)
         n, s = len(batch), params.samples
