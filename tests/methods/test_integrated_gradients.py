@@ -23,6 +23,8 @@ from method_support import (
     zoo,
 )
 from sidelight.models.registry import ModelRegistry
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.model_selection import train_test_split
 from torch import nn
 
 DEMO = ["digits", "breast_cancer"]
@@ -125,38 +127,56 @@ def relative_to_gap_and_mass(
     return error / gap.double().abs(), error / flat.abs().sum(1)
 
 
-@pytest.mark.parametrize("name", DEMO)
-def test_completeness_at_64_steps_on_real_inputs(twins: dict[str, Twin], name: str) -> None:
-    """sum(attributions) = f(x) - f(baseline), gaps from an independent eager forward pass.
+def held_out(name: str) -> torch.Tensor:
+    """The demo model's held-out instances, split exactly as `sidelight.demo.build` does."""
+    if name == "digits":
+        data = load_digits()
+        x = (data.images / 16.0).astype(np.float32)[:, None]
+    else:
+        data = load_breast_cancer()
+        x = data.data.astype(np.float32)
+    _, x_test, _, _ = train_test_split(
+        x, data.target, test_size=0.2, random_state=0, stratify=data.target
+    )
+    return torch.from_numpy(x_test)
 
-    Predicted classes: within 1% of |gap| (breast_cancer: 0.3% measured) - except digits,
-    where the baseline is black and a few digits have gaps ~10x smaller than their
-    attribution mass: measured up to 1.6% of |gap| on 40 digits, hence 2%. Every class of
-    every instance, tiny gaps included: within 1% of the attribution mass (0.3% measured).
+
+@pytest.mark.parametrize("name", DEMO)
+def test_completeness_at_64_steps_on_held_out_data(twins: dict[str, Twin], name: str) -> None:
+    """sum(attributions) = f(x) - f(baseline), gaps from an independent eager forward pass,
+    on every held-out instance (360 digits, 114 rows), each explained for its predicted class.
+
+    At 64 steps: median within 0.5% of |gap| and 95% of instances within 1% (measured: median
+    0.13%/0.09%, p95 0.55%/0.31%; a tail of 2 digits and 2 rows reach 1.8%/2.4%: ReLU networks
+    make the integrand piecewise constant, which no fixed quadrature integrates exactly).
+    More steps close the tail: at 256 steps every instance is within 1%.
+    Every class of a sample, tiny gaps included: within 1% of the attribution mass.
     """
     twin = twins[name]
-    count = 24 if name == "digits" else 16
-    x = real_inputs(twin.model, count)
+    x = held_out(name)
     baseline = twin.model.baseline().tensor
-    predicted = resolved(twin.eager, x, [-1] * count)
-    classes = twin.model.num_classes
-    every_x = x.repeat_interleave(classes, 0)
-    every_class = torch.arange(classes).repeat(count)
-
+    predicted = resolved(twin.eager, x, [-1] * len(x))
     with torch.no_grad():
-        logits, reference = twin.eager(x), twin.eager(baseline)
-    for inputs, targets, gap_limit in [
-        (x, predicted, 0.02 if name == "digits" else 0.01),
-        (every_x, every_class, None),
-    ]:
-        result = attribute(twin.model, "integrated_gradients", inputs, targets, n_steps=64)
-        rows = torch.arange(len(targets)) // (1 if inputs is x else classes)
-        gap = logits[rows, targets] - reference[0, targets]
-        to_gap, to_mass = relative_to_gap_and_mass(result.attributions, gap)
-        assert float(to_mass.max()) <= 0.01, to_mass.max()
-        if gap_limit is not None:
-            assert float(to_gap.max()) <= gap_limit, to_gap.max()
+        gap = twin.eager(x)[torch.arange(len(x)), predicted] - twin.eager(baseline)[0, predicted]
+    for steps in (64, 256):
+        result = attribute(twin.model, "integrated_gradients", x, predicted, n_steps=steps)
+        to_gap, _ = relative_to_gap_and_mass(result.attributions, gap)
+        if steps == 64:
             assert float(to_gap.median()) <= 0.005, to_gap.median()
+            assert float(to_gap.quantile(0.95)) <= 0.01, to_gap.quantile(0.95)
+        else:
+            assert float(to_gap.max()) <= 0.01, to_gap.max()
+
+    sample = x[:24]
+    classes = twin.model.num_classes
+    every_x = sample.repeat_interleave(classes, 0)
+    every_class = torch.arange(classes).repeat(len(sample))
+    with torch.no_grad():
+        every_gap = twin.eager(every_x)[torch.arange(len(every_x)), every_class]
+        every_gap = every_gap - twin.eager(baseline)[0, every_class]
+    result = attribute(twin.model, "integrated_gradients", every_x, every_class, n_steps=64)
+    _, to_mass = relative_to_gap_and_mass(result.attributions, every_gap)
+    assert float(to_mass.max()) <= 0.01, to_mass.max()
 
 
 def test_quality_reports_the_completeness_error(twins: dict[str, Twin]) -> None:
