@@ -44,9 +44,20 @@ class Point:
 
 @dataclass(frozen=True)
 class Limit:
-    best: Point
+    best: Point  # the sweep's best point: it chooses the batch size, not the figure
     points: list[Point]
     stopped_before: tuple[int, int | None] | None  # (batch, chunk) the budget did not reach
+    # The best point measured again, for longer, before and after the servers' runs: the limit
+    # is their mean. The best of several short noisy measurements overstates the rate (the
+    # maximum of noise), and a shared machine drifts over the minutes the servers take.
+    confirmations: tuple[Point, ...] = ()
+
+    @property
+    def instances_per_s(self) -> float:
+        if not self.confirmations:
+            return self.best.instances_per_s
+        calls = sum(p.batch * p.calls for p in self.confirmations)
+        return calls / sum(p.seconds for p in self.confirmations)
 
 
 def attribute_fn(model: Model, method: str, chunk: int | None) -> Attribute:
@@ -164,6 +175,23 @@ def sweep(
         first = False
     best = max(points, key=lambda p: p.instances_per_s)
     return Limit(best, points, stopped)
+
+
+def confirm(
+    model: Model,
+    method: str,
+    pool: torch.Tensor,
+    targets: torch.Tensor,
+    point: Point,
+    *,
+    min_time_s: float,
+) -> Point:
+    """Measure `point`'s batch and chunk again, for at least `min_time_s` (one call at least)."""
+    x, t = batch_of(pool, targets, point.batch)
+    calls, seconds = time_point(
+        attribute_fn(model, method, point.chunk), x, t, min_time_s, warm=True
+    )
+    return Point(point.batch, point.chunk, calls, seconds)
 
 
 def _estimate(points: Sequence[Point], batch: int, min_time_s: float) -> float:

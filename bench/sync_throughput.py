@@ -7,7 +7,9 @@
 For each model (digits; the ResNet-18-shaped model) and method (saliency, grad_cam,
 integrated_gradients with 32 steps), back to back so that the ratios compare like with like:
 
-  (a) limit    Captum on the loaded module in this process, best batch size; no server.
+  (a) limit    Captum on the loaded module in this process, best batch size; no server. The
+               sweep over batch sizes picks the size; that size is then measured again, for
+               longer, before and after the servers, and the limit is the mean of the two.
   (b) today    `sidelight serve --max-batch-size 1`: Captum once per request, as TorchServe's
                explain path does. 32 callers in another process, 1 instance per request.
   (c) sidelight `sidelight serve` with its defaults, the same 32 callers, 1 instance each.
@@ -34,7 +36,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ import captum
 import grpc
 import numpy as np
 import torch
-from captum_limit import Limit, sweep
+from captum_limit import Limit, confirm, sweep
 from cpuload import foreign_cores, sample, wait_for_quiet
 from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
 from sidelight.models.config import load_config
@@ -105,6 +107,7 @@ class Plan:
 
     limit_min_time_s: float  # per measured (batch, chunk) point
     limit_budget_s: float  # for the whole sweep
+    limit_confirm_s: float  # the best point again, before and after the servers
     windows: dict[str, Window]
 
 
@@ -117,18 +120,22 @@ def plan_for(model: str, method: str, quick: bool) -> Plan:
     if model != "resnet18":
         if quick:
             window = Window(CLIENTS, None, 1.0, 3.0, 0, 10.0)
-            return Plan(0.3, 8.0, dict.fromkeys("bcd", window))
+            return Plan(0.3, 8.0, 1.0, dict.fromkeys("bcd", window))
         window = Window(CLIENTS, None, 3.0, 15.0, 0, 60.0)
-        return Plan(2.0, 60.0, dict.fromkeys("bcd", window))
+        return Plan(2.0, 60.0, 10.0, dict.fromkeys("bcd", window))
     if quick:
         window = Window(1, 1, 0.0, 5.0, 1, 120.0)
         return Plan(
-            0.5, 20.0 if method != "integrated_gradients" else 30.0, dict.fromkeys("bcd", window)
+            0.5,
+            20.0 if method != "integrated_gradients" else 30.0,
+            0.0,
+            dict.fromkeys("bcd", window),
         )
     if method == "integrated_gradients":
         return Plan(
             0.0,
             200.0,
+            60.0,
             {
                 "b": Window(1, 1, 0.0, 120.0, 10, 400.0),
                 "c": Window(1, 1, 0.0, 120.0, 32, 600.0),
@@ -138,6 +145,7 @@ def plan_for(model: str, method: str, quick: bool) -> Plan:
     return Plan(
         3.0,
         150.0,
+        30.0,
         {
             "b": Window(2, None, 5.0, 60.0, 32, 300.0),
             "c": Window(2, None, 5.0, 60.0, 32, 300.0),
@@ -362,7 +370,7 @@ class CaseResult:
 
     def throughput(self, name: str) -> float | None:
         if name == "a":
-            return self.limit.best.instances_per_s
+            return self.limit.instances_per_s
         value = self.servers.get(name, {}).get("throughput")
         return None if value is None else float(value)
 
@@ -400,9 +408,11 @@ def run_case(
         min_time_s=plan.limit_min_time_s,
         budget_s=plan.limit_budget_s,
     )
-    limit_foreign = foreign_cores(before, sample())
     best = limit.best
-    _progress(f"  (a) {best.instances_per_s:.1f} inst/s at batch {best.batch}")
+    _progress(f"  (a) sweep: best {best.instances_per_s:.1f} inst/s at batch {best.batch}")
+    first = confirm(model, method, *pool, best, min_time_s=plan.limit_confirm_s)
+    limit_foreign = foreign_cores(before, sample())
+    _progress(f"  (a) confirmed: {first.instances_per_s:.1f} inst/s")
     servers = {}
     for config in CONFIGS:
         waits[config.name] = quiet.wait()
@@ -415,6 +425,14 @@ def run_case(
             f"  ({config.name}) {_num(result.get('throughput'))} inst/s, "
             f"{result['completed_requests']} requests in {_num(result.get('window_s'))} s"
         )
+    waits["a again"] = quiet.wait()
+    before = sample()
+    again = confirm(model, method, *pool, best, min_time_s=plan.limit_confirm_s)
+    after = foreign_cores(before, sample())
+    if after is not None:
+        limit_foreign = max(limit_foreign or 0.0, after)
+    limit = replace(limit, confirmations=(first, again))
+    _progress(f"  (a) again: {again.instances_per_s:.1f} inst/s; limit {limit.instances_per_s:.1f}")
     return CaseResult(
         model.name,
         method,
@@ -504,7 +522,7 @@ def table(results: Sequence[CaseResult]) -> str:
         cells = [
             r.model,
             r.method,
-            f"{_throughput(best.instances_per_s)} ({best.batch}{chunk})"
+            f"{_throughput(r.limit.instances_per_s)} ({best.batch}{chunk})"
             + _neighbours(r.limit_foreign_cpu_cores),
             *(_throughput(r.throughput(n)) + _flags(r.servers[n]) for n in "bcd"),
             *(_latency(r.servers[n]) for n in "bcd"),
@@ -552,8 +570,8 @@ def _cpu_model() -> str:
 def plans_table(results: Sequence[CaseResult], plans: dict[tuple[str, str], Plan]) -> str:
     """The durations used, so a reader can judge how much each figure rests on."""
     lines = [
-        "| model | method | (a) per point / budget | server | warm-up | window "
-        "(min s, min instances, cap s) | answered requests / instances |",
+        "| model | method | (a) sweep per point / budget; confirmations | server | warm-up "
+        "| window (min s, min instances, cap s) | answered requests / instances |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -563,11 +581,19 @@ def plans_table(results: Sequence[CaseResult], plans: dict[tuple[str, str], Plan
             warm = f"{w.warmup_callers} caller(s), {w.warmup_s:g} s"
             lines.append(
                 f"| {r.model} | {r.method} | {plan.limit_min_time_s:g} s / "
-                f"{plan.limit_budget_s:g} s | {name} | {warm} | {w.min_window_s:g}, "
+                f"{plan.limit_budget_s:g} s; {_confirmations(r.limit)} | {name} | {warm} | "
+                f"{w.min_window_s:g}, "
                 f"{w.min_instances}, {w.max_window_s:g} | {s['completed_requests']} / "
                 f"{s['completed_instances']} in {_num(s.get('window_s'))} s |"
             )
     return "\n".join(lines)
+
+
+def _confirmations(limit: Limit) -> str:
+    return " + ".join(
+        f"{p.calls} call(s) in {_duration(p.seconds)} = {_throughput(p.instances_per_s)}"
+        for p in limit.confirmations
+    )
 
 
 def report(
@@ -616,7 +642,11 @@ def to_json(result: CaseResult) -> dict[str, Any]:
         "quiet_waits": result.quiet_waits,
         "a": {
             "foreign_cpu_cores": result.limit_foreign_cpu_cores,
+            "instances_per_s": limit.instances_per_s,
             "best": {**asdict(limit.best), "instances_per_s": limit.best.instances_per_s},
+            "confirmations": [
+                {**asdict(p), "instances_per_s": p.instances_per_s} for p in limit.confirmations
+            ],
             "points": [{**asdict(p), "instances_per_s": p.instances_per_s} for p in limit.points],
             "stopped_before": limit.stopped_before,
         },
