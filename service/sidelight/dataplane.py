@@ -24,7 +24,7 @@ from sidelight.batching.scheduler import Group, Scheduler
 from sidelight.errors import InvalidArgument, InvalidTarget, InvalidTensor
 from sidelight.methods.base import AttributionShape, Batch, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
-from sidelight.methods.chunking import run_chunked
+from sidelight.methods.chunking import Measure, run_chunked, unmeasured
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry, ModelVersion
 from sidelight.tensors import DTYPES, RawTensor
@@ -250,8 +250,9 @@ class DataPlane:
             targets: torch.Tensor,
             seeds: torch.Tensor,
             max_rows: int,
+            measure: Measure,
         ) -> _BatchResult:
-            return _run_explain(method, params, model, inputs, targets, seeds, max_rows)
+            return _run_explain(method, params, model, inputs, targets, seeds, max_rows, measure)
 
         return Group(
             key,
@@ -285,8 +286,10 @@ class DataPlane:
                 "inputs.dtype", f"model {entry.name!r} takes {spec.dtype}, not the dtype sent"
             )
         tensor = torch.from_numpy(array.copy())  # the message's bytes are read-only
-        # One pass for both checks: NaN propagates through aminmax, Inf shows as an extreme.
-        low_seen, high_seen = (float(v) for v in torch.aminmax(tensor))
+        # NaN propagates through min and max, Inf shows as an extreme. numpy, not torch: this
+        # runs on the event loop while the executor computes, and a torch reduction here would
+        # take threads from the executor's intra-op pool (5% of ResNet-18 Grad-CAM throughput).
+        low_seen, high_seen = float(array.min()), float(array.max())
         if not (np.isfinite(low_seen) and np.isfinite(high_seen)):
             where = int((~torch.isfinite(tensor)).reshape(n, -1).any(1).nonzero()[0, 0])
             raise InvalidTensor("inputs.data", f"instance {where} holds NaN or Inf")
@@ -365,9 +368,15 @@ def _run_predict(
     targets: torch.Tensor,
     seeds: torch.Tensor,
     max_rows: int,
+    measure: Measure = unmeasured,
 ) -> _BatchResult:
     with torch.no_grad():
-        outputs = torch.cat([model.module(part) for part in torch.split(inputs, max_rows)])
+        outputs = torch.cat(
+            [
+                measure(len(part), functools.partial(model.module, part))
+                for part in torch.split(inputs, max_rows)
+            ]
+        )
     return _BatchResult(
         _cpu(model.probabilities(outputs).float()), _cpu(outputs.argmax(1)), None, None, None, 1
     )
@@ -381,6 +390,7 @@ def _run_explain(
     targets: torch.Tensor,
     seeds: torch.Tensor,
     max_rows: int,
+    measure: Measure = unmeasured,
 ) -> _BatchResult:
     batch = Batch(inputs=inputs, targets=targets, seeds=seeds)
     result = run_chunked(
@@ -388,6 +398,7 @@ def _run_explain(
         method.rows_per_instance(params),
         max_rows,
         lambda part: method.attribute(model, part, params, max_rows),
+        measure,
     )
     error = relative = None
     if result.completeness_error is not None and result.reference_gap is not None:

@@ -1,6 +1,7 @@
 """ChunkSizer: the adaptive rows-per-call of one batch group, fed synthetic measurements.
 
-The sizer never reads a clock: the executor times each batch and calls `record(rows, seconds)`.
+The sizer never reads a clock: the executor times each model call (sidelight.batching.timing)
+and calls `record(rows, seconds)`.
 Here the "device" is a cost model, so every expected size can be worked out by hand.
 """
 
@@ -10,7 +11,16 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from sidelight.batching.sizing import GAIN, SAMPLES_PER_SIZE, START_ROWS, ChunkSizer
+from sidelight.batching.sizing import (
+    GAIN,
+    SAMPLES_PER_SIZE,
+    START_ROWS,
+    WARMUP_CALLS,
+    ChunkSizer,
+)
+from sidelight.batching.timing import CallTimer
+from sidelight.methods.base import Attribution, Batch
+from sidelight.methods.chunking import run_chunked
 
 Cost = Callable[[int, int], float]
 
@@ -25,8 +35,10 @@ def call_cost(overhead: float, per_row: float) -> Cost:
     return seconds
 
 
-def feed(sizer: ChunkSizer, seconds_per_row: float, times: int = SAMPLES_PER_SIZE) -> None:
-    """`times` full batches at the current size, each taking `seconds_per_row` per row."""
+def feed(
+    sizer: ChunkSizer, seconds_per_row: float, times: int = WARMUP_CALLS + SAMPLES_PER_SIZE
+) -> None:
+    """`times` full calls at the current size, each taking `seconds_per_row` per row."""
     for _ in range(times):
         rows = 4 * sizer.current
         sizer.record(rows, seconds_per_row * rows)
@@ -61,10 +73,23 @@ def test_fixed_chunks_use_the_bound_and_never_move() -> None:
 
 def test_a_size_is_judged_on_several_full_calls() -> None:
     sizer = ChunkSizer(512)
-    feed(sizer, 1.0, times=SAMPLES_PER_SIZE - 1)
+    feed(sizer, 1.0, times=WARMUP_CALLS + SAMPLES_PER_SIZE - 1)
     assert sizer.current == 8
     feed(sizer, 1.0, times=1)
     assert sizer.current == 16
+
+
+def test_the_first_calls_at_a_size_and_outliers_do_not_decide() -> None:
+    """A new shape's first call pays for allocation and kernel plans; one slow call in seven
+    (a neighbour's burst) moves the median of the rest by nothing."""
+    sizer = ChunkSizer(512)
+    feed(sizer, 1.0)
+    assert sizer.current == 16
+    sizer.record(64, 64 * 50.0)  # the warm-up call at 16 rows: very slow, left out
+    for index in range(SAMPLES_PER_SIZE):
+        slow = index == 3
+        sizer.record(64, 64 * (5.0 if slow else 0.5))  # 50% better, one outlier
+    assert (sizer.current, sizer.settled) == (32, False)
 
 
 def test_partial_and_empty_measurements_are_ignored() -> None:
@@ -147,3 +172,18 @@ def test_the_executor_starts_each_group_at_its_rows_per_instance() -> None:
     saliency = Group("s", "m", "1", "saliency", print, print)
     assert executor._sizer(ig).current == 32
     assert executor._sizer(saliency).current == START_ROWS
+
+
+def test_the_call_timer_and_run_chunked_time_each_slice() -> None:
+    """The executor's timer sees every slice of a chunked batch with its rows."""
+    timer = CallTimer(torch.device("cpu"))
+    batch = Batch(torch.zeros(10, 3), torch.zeros(10, dtype=torch.int64), torch.zeros(10))
+
+    def attribute(part: Batch) -> Attribution:
+        return Attribution(part.inputs, part.inputs, part.targets, 2)
+
+    result = run_chunked(batch, 2, 8, attribute, timer.measure)  # 4 instances per slice
+    assert result.attributions.shape == (10, 3)
+    timings = timer.timings()
+    assert [rows for rows, _ in timings] == [8, 8, 4]
+    assert all(seconds > 0 for _, seconds in timings)

@@ -18,6 +18,7 @@ import torch
 
 from sidelight.batching.scheduler import Group, Scheduler, TakenBatch
 from sidelight.batching.sizing import START_ROWS, ChunkSizer
+from sidelight.batching.timing import CallTimer
 from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
@@ -93,12 +94,13 @@ class DeviceExecutor:
         chunk = sizer.current
         started = time.perf_counter()
         failed = False
+        timer = CallTimer(self.device)
         try:
             model = self._replica(group.model, group.version, self.device)
             inputs = _cat([r.inputs for r in requests]).to(self.device, non_blocking=True)
             targets = _cat([r.targets for r in requests]).to(self.device, non_blocking=True)
             seeds = torch.cat([torch.full((r.size,), r.seed, dtype=torch.int64) for r in requests])
-            result = group.run(model, inputs, targets, seeds, chunk)
+            result = group.run(model, inputs, targets, seeds, chunk, timer.measure)
         except Exception as exc:  # the batch fails, the executor goes on
             log.exception("batch of %s/%s failed", group.model, group.task)
             failed = True
@@ -111,7 +113,8 @@ class DeviceExecutor:
                 start += request.size
         seconds = time.perf_counter() - started
         if not failed:
-            sizer.record(batch.instances * group.rows_per_instance, seconds)
+            for rows, call_seconds in timer.timings():  # the batch is back on the host
+                sizer.record(rows, call_seconds)
         self._on_batch(
             BatchReport(
                 group, str(self.device), batch.instances, seconds, chunk, batch.waited, failed

@@ -26,11 +26,13 @@ from typing import Any
 import torch
 
 from sidelight.errors import DeadlineExceeded, Overloaded, Unavailable
+from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
-# (replica on the executor's device, inputs, targets, seeds, max rows per call) -> result
-BatchRunner = Callable[[Model, torch.Tensor, torch.Tensor, torch.Tensor, int], Any]
+# (replica on the executor's device, inputs, targets, seeds, max rows per call, a wrapper
+# that times each model call) -> result
+BatchRunner = Callable[[Model, torch.Tensor, torch.Tensor, torch.Tensor, int, Measure], Any]
 # (batch result, start, stop) -> this request's share of it
 Splitter = Callable[[Any, int, int], Any]
 

@@ -10,21 +10,28 @@ model never pays for a huge call that would not have helped.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
-# A size is judged on this many full calls (a call is full when it had rows to fill it).
-SAMPLES_PER_SIZE = 3
+# A size is judged on the median time per row of this many full calls (a call is full when it
+# had at least a chunk's rows), after its first calls, which pay for new shapes (allocations,
+# oneDNN or cuDNN plans), are left out. On a shared machine one call's time varies by 10-15%:
+# the median of several, not one figure, decides.
+WARMUP_CALLS = 1
+SAMPLES_PER_SIZE = 7
 START_ROWS = 8
-# Doubling must cut the time per row by at least this fraction to be kept.
+# Doubling must cut the median time per row by at least this fraction to be kept.
 GAIN = 0.05
-# Each measurement is blended into the size's running figure with this weight.
-SMOOTHING = 0.3
 
 
 @dataclass
 class _Measured:
-    seconds_per_row: float
-    samples: int
+    warmup_left: int = WARMUP_CALLS
+    per_row: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_row)
 
 
 @dataclass
@@ -45,23 +52,21 @@ class ChunkSizer:
         self.settled = not self.adaptive
 
     def record(self, rows: int, seconds: float) -> None:
-        """One batch ran `rows` rows in chunks of `self.current` and took `seconds`."""
+        """One model call (or one slice of a batch) ran `rows` rows in `seconds`."""
         if self.settled or rows < self.current or seconds <= 0:
             return  # a partial call says nothing about the size
-        per_row = seconds / rows
-        seen = self._seen.get(self.current)
-        if seen is None:
-            self._seen[self.current] = _Measured(per_row, 1)
-        else:
-            seen.seconds_per_row += SMOOTHING * (per_row - seen.seconds_per_row)
-            seen.samples += 1
-        if self._seen[self.current].samples >= SAMPLES_PER_SIZE:
+        seen = self._seen.setdefault(self.current, _Measured())
+        if seen.warmup_left > 0:
+            seen.warmup_left -= 1
+            return
+        seen.per_row.append(seconds / rows)
+        if len(seen.per_row) >= SAMPLES_PER_SIZE:
             self._step()
 
     def _step(self) -> None:
         smaller = self._seen.get(self.current // 2)
         here = self._seen[self.current]
-        if smaller is not None and here.seconds_per_row > (1 - GAIN) * smaller.seconds_per_row:
+        if smaller is not None and here.median > (1 - GAIN) * smaller.median:
             self.current //= 2  # doubling did not pay: go back and stay
             self.settled = True
         elif self.current * 2 <= self.bound:

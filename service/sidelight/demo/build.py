@@ -44,16 +44,7 @@ IMAGE_METHODS = [
     "grad_cam_plus_plus",
     "guided_grad_cam",
 ]
-TABULAR_METHODS = [
-    "saliency",
-    "input_x_gradient",
-    "smoothgrad",
-    "vargrad",
-    "integrated_gradients",
-    "guided_backprop",
-    "deeplift",
-    "lrp",
-]
+TABULAR_METHODS = IMAGE_METHODS[: IMAGE_METHODS.index("lrp") + 1]  # no spatial map: no CAM
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,25 @@ the math, is what lets memory stay bounded for any batch size or number of steps
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 
 from sidelight.methods.base import Attribution, Batch
+
+T = TypeVar("T")
+
+
+class Measure(Protocol):
+    """Runs `call`, which puts `rows` rows through the model, and may time it."""
+
+    def __call__(self, rows: int, call: Callable[[], T], /) -> T: ...
+
+
+def unmeasured(rows: int, call: Callable[[], T], /) -> T:
+    return call()
 
 
 def instances_per_chunk(rows_per_instance: int, max_rows: int) -> int:
@@ -24,21 +38,21 @@ def run_chunked(
     rows_per_instance: int,
     max_rows: int,
     attribute: Callable[[Batch], Attribution],
+    measure: Measure = unmeasured,
 ) -> Attribution:
-    """`attribute` on slices of `batch` of at most `max_rows` rows, results concatenated."""
+    """`attribute` on slices of `batch` of at most `max_rows` rows, results concatenated.
+    `measure` sees each slice's call with its rows (the executor times them)."""
     step = instances_per_chunk(rows_per_instance, max_rows)
     if len(batch) <= step:
-        return attribute(batch)
-    parts = [
-        attribute(
-            Batch(
-                inputs=batch.inputs[start : start + step],
-                targets=batch.targets[start : start + step],
-                seeds=batch.seeds[start : start + step],
-            )
+        return measure(len(batch) * rows_per_instance, lambda: attribute(batch))
+    parts = []
+    for start in range(0, len(batch), step):
+        part = Batch(
+            inputs=batch.inputs[start : start + step],
+            targets=batch.targets[start : start + step],
+            seeds=batch.seeds[start : start + step],
         )
-        for start in range(0, len(batch), step)
-    ]
+        parts.append(measure(len(part) * rows_per_instance, functools.partial(attribute, part)))
     return concatenate(parts)
 
 
