@@ -13,6 +13,7 @@ import pytest
 import torch
 from sidelight.batching.sizing import (
     GAIN,
+    MAX_PARTIAL_CALLS,
     SAMPLES_PER_SIZE,
     START_ROWS,
     WARMUP_CALLS,
@@ -187,3 +188,33 @@ def test_the_call_timer_and_run_chunked_time_each_slice() -> None:
     timings = timer.timings()
     assert [rows for rows, _ in timings] == [8, 8, 4]
     assert all(seconds > 0 for _, seconds in timings)
+
+
+def test_from_a_large_start_it_first_walks_down_while_halving_costs_nothing() -> None:
+    """ResNet-18 IG on a CPU: small calls stay in cache, so per row they are no slower."""
+
+    def seconds(rows: int, chunk: int) -> float:  # per row cost grows with the chunk
+        return rows * (1.0 + 0.1 * chunk.bit_length())
+
+    sizer = ChunkSizer(512, start=32)
+    assert climb(sizer, seconds) == [32, 16, 8]
+    assert sizer.settled
+
+
+def test_from_a_large_start_a_tiny_model_goes_down_once_then_climbs() -> None:
+    sizer = ChunkSizer(512, start=32)
+    used = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
+    assert used == [32, 16, 64, 128, 256, 512]  # 32 was measured on the way down
+    assert sizer.current == 512
+
+
+def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
+    """Requests of one instance with 32 IG steps: calls of 32 rows can never judge 64."""
+    sizer = ChunkSizer(512)
+    feed(sizer, 1.0)  # 8
+    feed(sizer, 0.5)  # 16
+    feed(sizer, 0.25)  # 32, climbs to 64
+    assert sizer.current == 64
+    for _ in range(MAX_PARTIAL_CALLS):
+        sizer.record(32, 32 * 0.25)
+    assert (sizer.current, sizer.settled) == (32, True)
