@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fixed-chunks", action="store_true", help="no adaptive chunk sizes")
     serve.add_argument("--grace-period", type=float, default=ServerSettings.grace_period_s)
     serve.add_argument("--torch-threads", type=int)
+    serve.add_argument(
+        "--release-freed-memory",
+        action="store_true",
+        help="let malloc return freed memory to the OS after each batch (slower; lower RSS)",
+    )
     serve.add_argument("--no-reflection", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -125,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_period_s=args.grace_period,
         reflection=not args.no_reflection,
         torch_threads=args.torch_threads,
+        retain_freed_memory=not args.release_freed_memory,
     )
 
     async def run() -> None:

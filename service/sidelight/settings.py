@@ -52,3 +52,5 @@ class ServerSettings:
     # interval makes every hand-over between them cost up to 5 ms. 1 ms measured 20-30%
     # more throughput on small models (docs/benchmarks.md).
     gil_switch_interval_s: float = 0.001
+    # Keep freed host memory rather than return it to the OS each batch (sidelight.memory).
+    retain_freed_memory: bool = True

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sidelight.batching.executor import BatchReport, DeviceExecutor
 from sidelight.batching.scheduler import Scheduler
 from sidelight.dataplane import DataPlane
+from sidelight.memory import retain_freed_memory
 from sidelight.methods.catalog import check_model
 from sidelight.metrics import Metrics
 from sidelight.models.model import Model
@@ -75,6 +76,8 @@ class Service:
     @classmethod
     async def start(cls, settings: ServerSettings) -> Service:
         sys.setswitchinterval(settings.gil_switch_interval_s)
+        if settings.retain_freed_memory:
+            retain_freed_memory()
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
         devices = [torch.device(d) for d in settings.devices]
