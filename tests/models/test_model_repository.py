@@ -81,11 +81,12 @@ def test_baseline_file_of_the_wrong_shape(repository: Path) -> None:
 
 
 def test_baseline_file_that_is_a_pickle_is_refused(repository: Path) -> None:
-    np.save(
-        repository / "breast_cancer" / "baseline_mean.npy",
-        np.array([{"not": "numbers"}], dtype=object),
-        allow_pickle=True,
-    )
+    """An .npy of object dtype carries a pickle after its header; the loader must refuse it
+    without unpickling. The header alone makes the case: no pickle is written here."""
+    with (repository / "breast_cancer" / "baseline_mean.npy").open("wb") as out:
+        header = {"descr": "|O", "fortran_order": False, "shape": (30,)}
+        np.lib.format.write_array_header_1_0(out, header)
+        out.write(b"\x80\x04not a pickle anyone should open")
     error = refused(repository)
     assert "baseline_mean.npy" in error.path and "not a readable .npy" in str(error)
 
