@@ -96,7 +96,7 @@ def test_the_first_calls_at_a_size_and_outliers_do_not_decide() -> None:
 def test_partial_and_empty_measurements_are_ignored() -> None:
     sizer = ChunkSizer(512)
     for _ in range(10):
-        sizer.record(7, 1.0)  # fewer rows than one chunk: says nothing about the size
+        sizer.record(4, 1.0)  # half a chunk or less: says nothing about the size
         sizer.record(64, 0.0)  # a clock that did not move
         sizer.record(64, -1.0)
     assert (sizer.current, sizer.settled) == (8, False)
@@ -183,10 +183,10 @@ def test_the_call_timer_and_run_chunked_time_each_slice() -> None:
     def attribute(part: Batch) -> Attribution:
         return Attribution(part.inputs, part.inputs, part.targets, 2)
 
-    result = run_chunked(batch, 2, 8, attribute, timer.measure)  # 4 instances per slice
-    assert result.attributions.shape == (10, 3)
+    result = run_chunked(batch, 2, 8, attribute, timer.measure)  # at most 4 instances a slice
+    assert torch.equal(result.attributions, batch.inputs)
     timings = timer.timings()
-    assert [rows for rows, _ in timings] == [8, 8, 4]
+    assert [rows for rows, _ in timings] == [8, 6, 6]  # equal parts, not 4 + 4 + 2
     assert all(seconds > 0 for _, seconds in timings)
 
 
@@ -218,3 +218,35 @@ def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
     for _ in range(MAX_PARTIAL_CALLS):
         sizer.record(32, 32 * 0.25)
     assert (sizer.current, sizer.settled) == (32, True)
+
+
+def test_a_call_of_more_than_half_a_chunk_is_judged() -> None:
+    """At a chunk of 8, batches of 10 run as 5 + 5: those calls judge the size 8."""
+    sizer = ChunkSizer(512)
+    for _ in range(WARMUP_CALLS + SAMPLES_PER_SIZE):
+        sizer.record(5, 5 * 1.0)
+    assert sizer.current == 16
+
+
+@pytest.mark.parametrize(
+    ("instances", "per_call", "expected"),
+    [(10, 8, [5, 5]), (17, 8, [6, 6, 5]), (16, 8, [8, 8]), (3, 8, [3]), (7, 1, [1] * 7)],
+)
+def test_a_batch_larger_than_a_chunk_is_split_into_equal_parts(
+    instances: int, per_call: int, expected: list[int]
+) -> None:
+    batch = Batch(
+        torch.arange(instances, dtype=torch.float32).unsqueeze(1),
+        torch.arange(instances),
+        torch.zeros(instances),
+    )
+    sizes: list[int] = []
+
+    def attribute(part: Batch) -> Attribution:
+        sizes.append(len(part))
+        return Attribution(part.inputs * 2, part.inputs, part.targets, 1)
+
+    result = run_chunked(batch, 1, per_call, attribute)
+    assert sizes == expected
+    assert torch.equal(result.attributions, batch.inputs * 2)  # in order
+    assert torch.equal(result.targets, batch.targets)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-# A size is judged on the median time per row of this many full calls (a call is full when it
-# had at least a chunk's rows), after its first calls, which pay for new shapes (allocations,
-# oneDNN or cuDNN plans), are left out. On a shared machine one call's time varies by 10-15%:
-# the median of several, not one figure, decides.
+# A size is judged on the median time per row of this many full calls (see `_fills`), after its
+# first calls, which pay for new shapes (allocations, oneDNN or cuDNN plans), are left out.
+# On a shared machine one call's time varies by 10-15%: the median of several, not one figure,
+# decides.
 WARMUP_CALLS = 1
 SAMPLES_PER_SIZE = 7
 START_ROWS = 8
@@ -37,6 +37,13 @@ class _Measured:
     @property
     def median(self) -> float:
         return statistics.median(self.per_row)
+
+
+def _fills(rows: int, chunk: int) -> bool:
+    """Whether a call of `rows` rows speaks for a chunk of `chunk` rows. Batches larger than a
+    chunk are split into equal parts (sidelight.methods.chunking): at a chunk of 8, a batch of
+    10 runs as 5 + 5, so any call of more than half a chunk is one this size produces."""
+    return 2 * rows > chunk
 
 
 def _pays(bigger: _Measured, smaller: _Measured) -> bool:
@@ -74,7 +81,7 @@ class ChunkSizer:
         """One model call (or one slice of a batch) ran `rows` rows in `seconds`."""
         if self.settled or seconds <= 0:
             return
-        if rows < self.current:  # a partial call says nothing about the size
+        if not _fills(rows, self.current):  # a partial call says nothing about the size
             self._partial_calls += 1
             if self._partial_calls >= MAX_PARTIAL_CALLS and self.current // 2 in self._seen:
                 self.current //= 2  # the batches never fill this size

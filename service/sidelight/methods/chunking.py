@@ -45,15 +45,30 @@ def run_chunked(
     step = instances_per_chunk(rows_per_instance, max_rows)
     if len(batch) <= step:
         return measure(len(batch) * rows_per_instance, lambda: attribute(batch))
+    # Equal parts, not full chunks and a remainder: 10 instances at 8 per call run as 5 + 5,
+    # since on a CPU a lone instance costs nearly what four do (ResNet-18 saliency: 19 inst/s
+    # one at a time, 35 at batches of 8).
     parts = []
-    for start in range(0, len(batch), step):
+    for start, stop in _equal_parts(len(batch), step):
         part = Batch(
-            inputs=batch.inputs[start : start + step],
-            targets=batch.targets[start : start + step],
-            seeds=batch.seeds[start : start + step],
+            inputs=batch.inputs[start:stop],
+            targets=batch.targets[start:stop],
+            seeds=batch.seeds[start:stop],
         )
         parts.append(measure(len(part) * rows_per_instance, functools.partial(attribute, part)))
     return concatenate(parts)
+
+
+def _equal_parts(total: int, most: int) -> list[tuple[int, int]]:
+    """[start, stop) of the fewest parts of at most `most` items, their sizes differing by <= 1."""
+    count = -(-total // most)
+    small, larger = divmod(total, count)
+    bounds, start = [], 0
+    for index in range(count):
+        stop = start + small + (1 if index < larger else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def concatenate(parts: list[Attribution]) -> Attribution:
@@ -68,4 +83,6 @@ def concatenate(parts: list[Attribution]) -> Attribution:
         evaluations_per_instance=parts[0].evaluations_per_instance,
         completeness_error=cat([p.completeness_error for p in parts]),
         reference_gap=cat([p.reference_gap for p in parts]),
+        stopped_by=next((p.stopped_by for p in parts if p.stopped_by), ""),
+        local_fidelity=cat([p.local_fidelity for p in parts]),
     )
