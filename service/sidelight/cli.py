@@ -1,10 +1,14 @@
 """The `sidelight` command.
 
     sidelight serve --model-repository var/model-repository [--port 50051] [--metrics-port 9095]
+    sidelight serve ... --redis-url redis://127.0.0.1:6379/0    # jobs on Redis, run by:
+    sidelight worker --model-repository var/model-repository --redis-url redis://... [-n 2]
     sidelight models build-demo --out var/model-repository --samples var/samples
     sidelight models list --server 127.0.0.1:50051
     sidelight predict --model digits --input var/samples/digit_3.png
     sidelight explain --model digits --method grad_cam --input var/samples/digit_3.png --out e.png
+    sidelight explain --model breast_cancer --method kernel_shap --input ... --out s.png  (a job)
+    sidelight jobs get|watch|cancel JOB_ID
 
 Settings are built here, once, from the arguments, and passed down.
 """
@@ -26,7 +30,13 @@ import numpy as np
 import numpy.typing as npt
 
 from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
-from sidelight.settings import BatchingSettings, ServerSettings
+from sidelight.settings import (
+    BatchingSettings,
+    JobSettings,
+    QueueSettings,
+    ServerSettings,
+    WorkerSettings,
+)
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -74,7 +84,29 @@ def _parser() -> argparse.ArgumentParser:
         help="let malloc return freed memory to the OS after each batch (slower; lower RSS)",
     )
     serve.add_argument("--no-reflection", action="store_true")
+    serve.add_argument(
+        "--redis-url", help="queue jobs on this Redis (default: in-process, embedded workers)"
+    )
+    serve.add_argument(
+        "--embedded-workers",
+        type=int,
+        default=JobSettings.embedded_workers,
+        help="job worker threads in the server when there is no --redis-url (0: none)",
+    )
+    _queue_arguments(serve)
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run job workers on a Redis queue")
+    worker.add_argument("--model-repository", type=Path, required=True)
+    worker.add_argument("--redis-url", required=True)
+    worker.add_argument("-n", "--processes", type=int, default=1)
+    worker.add_argument("--device", default="cpu")
+    worker.add_argument("--name", default="", help="consumer name prefix (default: host name)")
+    worker.add_argument("--host", default="127.0.0.1", help="where /metrics listens")
+    worker.add_argument("--metrics-port", type=int, default=9096, help="-1: no /metrics")
+    worker.add_argument("--torch-threads", type=int)
+    _queue_arguments(worker)
+    worker.set_defaults(run=_worker)
 
     models = commands.add_parser("models", help="model repository tools")
     model_commands = models.add_subparsers(required=True, metavar="command")
@@ -98,8 +130,76 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--params", default="{}", help="JSON, e.g. '{\"n_steps\": 64}'")
     explain.add_argument("--out", type=Path, required=True, help="PNG to write")
     explain.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    explain.add_argument(
+        "--request-id", default="", help="for jobs: resubmitting it returns the same job"
+    )
     explain.set_defaults(run=_explain)
+
+    jobs = commands.add_parser("jobs", help="look at or cancel a job")
+    job_commands = jobs.add_subparsers(required=True, metavar="command")
+    for name, summary in (
+        ("get", "print a job's state"),
+        ("watch", "print a job's progress until it ends"),
+        ("cancel", "cancel a job"),
+    ):
+        command = job_commands.add_parser(name, help=summary)
+        command.add_argument("job_id")
+        command.add_argument("--server", default=DEFAULT_SERVER)
+        command.set_defaults(run=_job_command, action=name)
     return parser
+
+
+def _queue_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = QueueSettings()
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=defaults.lease_seconds,
+        help="a job not renewed for this long is taken over by another worker",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=defaults.max_deliveries,
+        help="deliveries after which a job is dead-lettered",
+    )
+    parser.add_argument(
+        "--job-retention",
+        type=float,
+        default=defaults.retention_seconds,
+        help="seconds a finished job's state and result are kept",
+    )
+    parser.add_argument("--queue-prefix", default=defaults.prefix, help="Redis key prefix")
+    parser.add_argument("--job-rows-per-call", type=int, default=JobSettings.max_rows_per_call)
+    parser.add_argument("--job-grace", type=float, default=JobSettings.grace_seconds)
+
+
+def _queue_settings(args: argparse.Namespace) -> QueueSettings:
+    return QueueSettings(
+        lease_seconds=args.lease_seconds,
+        max_deliveries=args.max_deliveries,
+        retention_seconds=args.job_retention,
+        prefix=args.queue_prefix,
+    )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from sidelight.jobs.supervisor import run_workers
+
+    settings = WorkerSettings(
+        model_repository=args.model_repository,
+        redis_url=args.redis_url,
+        queue=_queue_settings(args),
+        device=args.device,
+        processes=args.processes,
+        name=args.name,
+        max_rows_per_call=args.job_rows_per_call,
+        grace_seconds=args.job_grace,
+        host=args.host,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        torch_threads=args.torch_threads,
+    )
+    return run_workers(settings)
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +231,13 @@ def _serve(args: argparse.Namespace) -> int:
         reflection=not args.no_reflection,
         torch_threads=args.torch_threads,
         retain_freed_memory=not args.release_freed_memory,
+        jobs=JobSettings(
+            redis_url=args.redis_url,
+            queue=_queue_settings(args),
+            embedded_workers=args.embedded_workers,
+            max_rows_per_call=args.job_rows_per_call,
+            grace_seconds=args.job_grace,
+        ),
     )
 
     async def run() -> None:
@@ -217,14 +324,19 @@ def _explain(args: argparse.Namespace) -> int:
     with Client(args.server, timeout=args.timeout) as client:
         info = _model_info(client, args.model)
         inputs = _load_input(info, args.input)
-        reply = client.explain(
-            args.model,
-            inputs,
-            args.method,
-            targets=args.target,
-            params=params,
-            model_version=args.version,
-        )
+        call = {
+            "targets": args.target,
+            "params": params,
+            "model_version": args.version,
+            "request_id": args.request_id,
+        }
+        modes = {m.name: m.mode for m in info.methods}
+        if modes.get(args.method) == "async":
+            reply = _run_job(client, client.submit_job(args.model, inputs, args.method, **call))
+            if reply is None:
+                return 1
+        else:
+            reply = client.explain(args.model, inputs, args.method, **call)
     outputs, attributions = to_array(reply.outputs), to_array(reply.attributions)
     titles = [
         f"{args.method}: {info.labels[t]} (p = {outputs[i, t]:.3f})"
@@ -236,7 +348,8 @@ def _explain(args: argparse.Namespace) -> int:
         names = list(info.input.feature_names) or [f"x{i}" for i in range(inputs.shape[1])]
         tabular.render_bars(attributions, names, titles, args.out)
     quality = reply.quality
-    print(f"explanation {reply.explanation_id}: wrote {args.out}")
+    partial = f" (partial: stopped by {quality.stopped_by})" if quality.partial else ""
+    print(f"explanation {reply.explanation_id}: wrote {args.out}{partial}")
     for i, title in enumerate(titles):
         line = f"  instance {i}: {title}"
         if quality.relative_completeness_error:
@@ -257,6 +370,55 @@ def _explain(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _describe(job: Any) -> str:
+    from sidelight.v1 import explainer_pb2 as pb
+
+    state = pb.JobState.Name(job.state)
+    text = (
+        f"job {job.job_id}: {state}, {job.progress.fraction:.0%} "
+        f"({job.progress.model_evaluations} model evaluations)"
+    )
+    if job.error:
+        text += f": {job.error}"
+    return text
+
+
+def _run_job(client: Any, job: Any) -> Any:
+    """Follow a submitted job to its end, printing progress; its result, or None."""
+    from sidelight.client import TERMINAL_JOB_STATES
+    from sidelight.v1 import explainer_pb2 as pb
+
+    print(_describe(job), flush=True)
+    last = job
+    for update in client.watch_job(job.job_id):
+        last = update
+        print(_describe(update), flush=True)
+    if last.state not in TERMINAL_JOB_STATES:
+        last = client.get_job(job.job_id)
+    if last.state != pb.JobState.SUCCEEDED:
+        print(f"error: {_describe(last)}", file=sys.stderr)
+        return None
+    return last.result
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    from sidelight.client import Client
+    from sidelight.v1 import explainer_pb2 as pb
+
+    with Client(args.server) as client:
+        if args.action == "watch":
+            job = client.get_job(args.job_id)
+            for job in client.watch_job(args.job_id):
+                print(_describe(job), flush=True)
+        elif args.action == "cancel":
+            job = client.cancel_job(args.job_id)
+            print(_describe(job))
+        else:
+            job = client.get_job(args.job_id)
+            print(_describe(job))
+    return 0 if job.state != pb.JobState.FAILED else 1
 
 
 if __name__ == "__main__":

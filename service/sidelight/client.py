@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -75,6 +75,25 @@ class Client:
     ) -> pb.ExplainResponse:
         request = explain_request(model, inputs, method, **kw)
         return self.stub.Explain(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def submit_job(self, model: str, inputs: npt.NDArray[Any], method: str, **kw: Any) -> pb.Job:
+        request = explain_request(model, inputs, method, **kw)
+        return self.stub.SubmitJob(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def cancel_job(self, job_id: str) -> pb.Job:
+        return self.stub.CancelJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)  # type: ignore[no-any-return]
+
+    def watch_job(self, job_id: str, timeout: float | None = None) -> Iterator[pb.Job]:
+        """The job's updates until it ends (no deadline unless `timeout`)."""
+        yield from self.stub.WatchJob(pb.GetJobRequest(job_id=job_id), timeout=timeout)
+
+
+TERMINAL_JOB_STATES = frozenset(
+    {pb.JobState.SUCCEEDED, pb.JobState.FAILED, pb.JobState.CANCELLED, pb.JobState.EXPIRED}
+)
 
 
 def to_array(message: pb.Tensor) -> npt.NDArray[Any]:

@@ -1,18 +1,21 @@
-"""The use cases, transport-neutral: list models, predict, explain.
+"""The use cases, transport-neutral: list models, predict, explain, and the jobs' submit, get,
+watch and cancel.
 
 The gRPC servicer converts messages to these dataclasses and back; nothing here knows protobuf.
-Validation happens here, before a request is queued, so a bad request never costs device time.
+Validation happens here, before a request is queued, so a bad request never costs device time
+and never reaches a worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
 import json
-import random
+import math
 import secrets
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +24,36 @@ import numpy.typing as npt
 import torch
 
 from sidelight.batching.scheduler import Group, Scheduler
-from sidelight.errors import InvalidArgument, InvalidTarget, InvalidTensor
-from sidelight.methods.base import AttributionShape, Batch, Params, SeededParams
+from sidelight.errors import InvalidArgument, InvalidParams, Unavailable
+from sidelight.explanations import (
+    BatchResult,
+    Explanation,
+    explanation_of,
+    new_explanation_id,
+    run_explain,
+    run_predict,
+    split_result,
+)
+from sidelight.jobs.queue import JobQueue
+from sidelight.jobs.spec import JobSpec, JobStatus
+from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
-from sidelight.methods.chunking import Measure, run_chunked, unmeasured
+from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry, ModelVersion
-from sidelight.tensors import DTYPES, RawTensor
+from sidelight.tensors import RawTensor
+from sidelight.validation import check_baseline, parse_targets, validate_inputs
 
 SEED_BITS = 63
 # Batching groups (model, version, method, params, input shape) kept for reuse.
 MAX_GROUPS = 1024
 PREDICT = "predict"
+# Params of a job as a whole, taken out before the method's own params are validated.
+DEADLINE_PARAM = "deadline_seconds"
+BUDGET_PARAM = "max_evaluations"
+# WatchJob looks at a job this often (a queue has no push for progress; a poll of a few fields
+# per watcher is cheap next to the job it watches).
+WATCH_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,28 +87,6 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Quality:
-    completeness_error: list[float]
-    relative_completeness_error: list[float]
-    model_evaluations: int
-    seed: int | None
-    baseline_digest: str
-
-
-@dataclass(frozen=True)
-class Explanation:
-    explanation_id: str
-    model: str
-    model_version: str
-    method: str
-    outputs: npt.NDArray[np.float32]
-    targets: npt.NDArray[np.int64]
-    attributions: npt.NDArray[np.float32]
-    quality: Quality
-    request_id: str
-
-
-@dataclass(frozen=True)
 class MethodSummary:
     name: str
     mode: str
@@ -111,42 +110,18 @@ class ModelSummary:
     description: str
 
 
-@dataclass(frozen=True)
-class _BatchResult:
-    """A batch's results on the CPU, sliced per request by `_split`."""
-
-    outputs: npt.NDArray[np.float32]
-    targets: npt.NDArray[np.int64]
-    attributions: npt.NDArray[np.float32] | None
-    completeness_error: npt.NDArray[np.float64] | None
-    relative_error: npt.NDArray[np.float64] | None
-    evaluations_per_instance: int
-
-
-def _split(result: _BatchResult, start: int, stop: int) -> _BatchResult:
-    def part(array: Any) -> Any:
-        return None if array is None else array[start:stop]
-
-    return _BatchResult(
-        result.outputs[start:stop],
-        result.targets[start:stop],
-        part(result.attributions),
-        part(result.completeness_error),
-        part(result.relative_error),
-        result.evaluations_per_instance,
-    )
-
-
 class DataPlane:
     def __init__(
         self,
         registry: ModelRegistry,
         scheduler: Scheduler,
         *,
+        jobs: JobQueue | None = None,
         max_instances_per_request: int = 1024,
     ) -> None:
         self._registry = registry
         self._scheduler = scheduler
+        self._jobs = jobs
         self._max_instances = max_instances_per_request
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
@@ -183,10 +158,10 @@ class DataPlane:
 
     async def predict(self, request: PredictRequest) -> Prediction:
         entry = self._registry.get(request.model, request.model_version)
-        inputs = self._validate_inputs(entry, request.inputs)
+        inputs = validate_inputs(entry, request.inputs, self._max_instances)
         group = self._predict_group(entry.name, entry.version, tuple(inputs.shape[1:]))
         no_targets = torch.full((inputs.shape[0],), -1, dtype=torch.int64)
-        result: _BatchResult = await self._scheduler.submit(
+        result: BatchResult = await self._scheduler.submit(
             group, inputs, no_targets, 0, request.deadline
         )
         return Prediction(
@@ -196,46 +171,98 @@ class DataPlane:
     async def explain(self, request: ExplainRequest) -> Explanation:
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
+        if method.mode is Mode.ASYNC:
+            raise InvalidArgument(
+                "method", f"{method.name} runs as a job: submit it with SubmitJob"
+            )
         params = parse_params(method, request.params or {})
         method.check_params(entry.primary, params)
-        _check_baseline(entry, params)
-        inputs = self._validate_inputs(entry, request.inputs)
-        targets = _targets(request.targets, inputs.shape[0], entry.primary.num_classes)
+        check_baseline(entry, params)
+        inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        targets = parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
         seed = None
         if isinstance(params, SeededParams):
-            seed = params.seed if params.seed is not None else secrets.randbits(SEED_BITS)
-            if not 0 <= seed < 2**SEED_BITS:
-                raise InvalidArgument("params.seed", f"must be in [0, 2^{SEED_BITS})")
+            seed = _seed(params)
             params = params.model_copy(update={"seed": None})  # the seed rides per request
         group = self._explain_group(entry, method, params, tuple(inputs.shape[1:]))
-        result: _BatchResult = await self._scheduler.submit(
+        result: BatchResult = await self._scheduler.submit(
             group, inputs, targets, seed or 0, request.deadline
         )
-        assert result.attributions is not None
-        baseline_name = getattr(params, "baseline", None) if _uses_baseline(params) else None
-        return Explanation(
-            explanation_id=new_explanation_id(),
+        return explanation_of(
+            entry.name,
+            entry.version,
+            method,
+            params,
+            entry.primary,
+            result,
+            seed=seed,
+            request_id=request.request_id,
+            instances=inputs.shape[0],
+        )
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _queue(self) -> JobQueue:
+        if self._jobs is None:
+            raise Unavailable("this server takes no jobs (started without a job queue)")
+        return self._jobs
+
+    async def submit_job(self, request: ExplainRequest) -> JobStatus:
+        """Validate as Explain does, then queue. The seed and the model version are resolved
+        now, so every delivery of the job computes the same thing."""
+        queue = self._queue()
+        entry = self._registry.get(request.model, request.model_version)
+        method = method_for(entry.primary, request.method)
+        raw = dict(request.params or {})
+        deadline_s = _positive_number(raw.pop(DEADLINE_PARAM, None), DEADLINE_PARAM)
+        budget = _positive_int(raw.pop(BUDGET_PARAM, None), BUDGET_PARAM)
+        params = parse_params(method, raw)
+        method.check_params(entry.primary, params)
+        check_baseline(entry, params)
+        inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
+        if isinstance(params, SeededParams):
+            params = params.model_copy(update={"seed": _seed(params)})
+        now = time.time()
+        spec = JobSpec(
+            job_id=new_explanation_id(),
+            request_id=request.request_id,
             model=entry.name,
             model_version=entry.version,
             method=method.name,
-            outputs=result.outputs,
-            targets=result.targets,
-            attributions=result.attributions,
-            quality=Quality(
-                completeness_error=_list(result.completeness_error),
-                relative_completeness_error=_list(result.relative_error),
-                model_evaluations=result.evaluations_per_instance * inputs.shape[0],
-                seed=seed,
-                baseline_digest=(
-                    entry.primary.baseline(baseline_name).digest if _uses_baseline(params) else ""
-                ),
-            ),
-            request_id=request.request_id,
+            inputs=request.inputs,
+            targets=tuple(int(t) for t in request.targets),
+            params=params.model_dump(mode="json", exclude_defaults=True),
+            deadline=None if deadline_s is None else now + deadline_s,
+            max_evaluations=budget,
+            submitted_at=now,
+            digest=_request_digest(request),
         )
+        return await asyncio.to_thread(queue.submit, spec)
+
+    async def get_job(self, job_id: str) -> JobStatus:
+        return await asyncio.to_thread(self._queue().status, _job_id(job_id))
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        return await asyncio.to_thread(self._queue().cancel, _job_id(job_id))
+
+    async def watch_job(self, job_id: str) -> AsyncIterator[JobStatus]:
+        """The job now, then at each change of state or progress, until it ends."""
+        queue, job_id = self._queue(), _job_id(job_id)
+        seen: tuple[Any, ...] | None = None
+        while True:
+            status = await asyncio.to_thread(queue.status, job_id)
+            now = (status.state, status.fraction, status.evaluations, status.deliveries)
+            if now != seen:
+                seen = now
+                yield status
+            if status.terminal:
+                return
+            await asyncio.sleep(WATCH_POLL_S)
 
     @staticmethod
     def _new_predict_group(model: str, version: str, shape: tuple[int, ...]) -> Group:
-        return Group((model, version, shape), model, version, PREDICT, _run_predict, _split)
+        return Group((model, version, shape), model, version, PREDICT, run_predict, split_result)
 
     @staticmethod
     def _new_explain_group(
@@ -251,8 +278,8 @@ class DataPlane:
             seeds: torch.Tensor,
             max_rows: int,
             measure: Measure,
-        ) -> _BatchResult:
-            return _run_explain(method, params, model, inputs, targets, seeds, max_rows, measure)
+        ) -> BatchResult:
+            return run_explain(method, params, model, inputs, targets, seeds, max_rows, measure)
 
         return Group(
             key,
@@ -260,88 +287,8 @@ class DataPlane:
             entry.version,
             method.name,
             run,
-            _split,
+            split_result,
             rows_per_instance=method.rows_per_instance(params),
-        )
-
-    def _validate_inputs(self, entry: ModelVersion, raw: RawTensor) -> torch.Tensor:
-        array = raw.decode("inputs")
-        spec = entry.config.input
-        expected = [*spec.shape]
-        if array.ndim != len(expected) + 1 or list(array.shape[1:]) != expected:
-            raise InvalidTensor(
-                "inputs.shape",
-                f"{list(array.shape)} does not match [N, {', '.join(map(str, expected))}] "
-                f"of model {entry.name!r}",
-            )
-        n = array.shape[0]
-        if n == 0:
-            raise InvalidTensor("inputs.shape", "holds no instance (N = 0)")
-        if n > self._max_instances:
-            raise InvalidTensor(
-                "inputs.shape", f"holds {n} instances; at most {self._max_instances} per request"
-            )
-        if array.dtype != DTYPES[spec.dtype]:
-            raise InvalidTensor(
-                "inputs.dtype", f"model {entry.name!r} takes {spec.dtype}, not the dtype sent"
-            )
-        tensor = torch.from_numpy(array.copy())  # the message's bytes are read-only
-        # NaN propagates through min and max, Inf shows as an extreme. numpy, not torch: this
-        # runs on the event loop while the executor computes, and a torch reduction here would
-        # take threads from the executor's intra-op pool (5% of ResNet-18 Grad-CAM throughput).
-        low_seen, high_seen = float(array.min()), float(array.max())
-        if not (np.isfinite(low_seen) and np.isfinite(high_seen)):
-            where = int((~torch.isfinite(tensor)).reshape(n, -1).any(1).nonzero()[0, 0])
-            raise InvalidTensor("inputs.data", f"instance {where} holds NaN or Inf")
-        if spec.range is not None and (low_seen < spec.range[0] or high_seen > spec.range[1]):
-            low, high = spec.range
-            outside = ((tensor < low) | (tensor > high)).reshape(n, -1).any(1)
-            where = int(outside.nonzero()[0, 0])
-            raise InvalidTensor(
-                "inputs.data",
-                f"instance {where} has values outside the model's range [{low}, {high}]",
-            )
-        return tensor
-
-
-def _targets(requested: Sequence[int], n: int, classes: int) -> torch.Tensor:
-    if len(requested) not in (0, 1, n):
-        raise InvalidTarget(
-            "targets", f"has {len(requested)} values; give none, one, or one per instance ({n})"
-        )
-    if len(requested) == 0:
-        return torch.full((n,), -1, dtype=torch.int64)
-    # numpy, not torch: on a handful of values each torch call costs more than the check.
-    values = np.fromiter(requested, dtype=np.int64, count=len(requested))
-    bad = np.flatnonzero((values < 0) | (values >= classes))
-    if bad.size:
-        index = int(bad[0])
-        raise InvalidTarget(
-            f"targets[{index}]", f"class {int(values[index])} is outside [0, {classes})"
-        )
-    return torch.from_numpy(np.repeat(values, n) if len(requested) == 1 else values)
-
-
-# Explanation ids must be unique, not secret: a generator seeded once from the OS is enough and
-# spares every call a system call (uuid4 reads os.urandom each time).
-_ids = random.Random(secrets.randbits(128))
-
-
-def new_explanation_id() -> str:
-    return uuid.UUID(int=_ids.getrandbits(128), version=4).hex
-
-
-def _uses_baseline(params: Any) -> bool:
-    return "baseline" in type(params).model_fields
-
-
-def _check_baseline(entry: ModelVersion, params: Any) -> None:
-    name = getattr(params, "baseline", None)
-    if name is not None and name not in entry.config.baselines:
-        raise InvalidArgument(
-            "params.baseline",
-            f"model {entry.name!r} has no baseline {name!r}; "
-            f"it has {sorted(entry.config.baselines)}",
         )
 
 
@@ -354,71 +301,57 @@ def _method_summary(method: AnyMethod) -> MethodSummary:
     )
 
 
-def _list(array: npt.NDArray[np.float64] | None) -> list[float]:
-    return [] if array is None else array.tolist()
+def _seed(params: SeededParams) -> int:
+    seed = params.seed if params.seed is not None else secrets.randbits(SEED_BITS)
+    if not 0 <= seed < 2**SEED_BITS:
+        raise InvalidParams("params.seed", f"must be in [0, 2^{SEED_BITS})")
+    return seed
 
 
-def _cpu(tensor: torch.Tensor) -> Any:
-    return tensor.detach().to("cpu").numpy()
+def _positive_number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidParams(f"params.{name}", f"must be a number of seconds > 0, not {value!r}")
+    if not math.isfinite(value):
+        raise InvalidParams(f"params.{name}", "must be finite")
+    return float(value)
 
 
-def _run_predict(
-    model: Model,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    seeds: torch.Tensor,
-    max_rows: int,
-    measure: Measure = unmeasured,
-) -> _BatchResult:
-    with torch.no_grad():
-        outputs = torch.cat(
-            [
-                measure(len(part), functools.partial(model.module, part))
-                for part in torch.split(inputs, max_rows)
-            ]
-        )
-    return _BatchResult(
-        _cpu(model.probabilities(outputs).float()), _cpu(outputs.argmax(1)), None, None, None, 1
-    )
+def _positive_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    # A Struct carries numbers as doubles: 500.0 is 500, 500.5 is not a count.
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InvalidParams(f"params.{name}", f"must be a whole number, not {value!r}")
+    if value < 1:
+        raise InvalidParams(f"params.{name}", f"must be >= 1, not {int(value)}")
+    return int(value)
 
 
-def _run_explain(
-    method: AnyMethod,
-    params: Any,
-    model: Model,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    seeds: torch.Tensor,
-    max_rows: int,
-    measure: Measure = unmeasured,
-) -> _BatchResult:
-    batch = Batch(inputs=inputs, targets=targets, seeds=seeds)
-    result = run_chunked(
-        batch,
-        method.rows_per_instance(params),
-        max_rows,
-        lambda part: method.attribute(model, part, params, max_rows),
-        measure,
-    )
-    error = relative = None
-    if result.completeness_error is not None and result.reference_gap is not None:
-        gap = result.reference_gap.abs()
-        absolute = result.completeness_error.abs()
-        ratio = torch.where(
-            gap > 0, absolute / gap.clamp_min(1e-30), torch.where(absolute > 0, torch.inf, 0.0)
-        )
-        error, relative = _cpu(result.completeness_error.double()), _cpu(ratio.double())
-    attributions = result.attributions.float()
-    if method.shape is AttributionShape.LAYER and attributions.dim() == 3:
-        attributions = attributions.unsqueeze(1)
-    return _BatchResult(
-        _cpu(model.probabilities(result.outputs).float()),
-        _cpu(result.targets),
-        _cpu(attributions),
-        error,
-        relative,
-        result.evaluations_per_instance,
-    )
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id", "is empty")
+    if len(job_id) > 64 or not job_id.isalnum():
+        raise InvalidArgument("job_id", "is not a job id (letters and digits, at most 64)")
+    return job_id
+
+
+def _request_digest(request: ExplainRequest) -> str:
+    """What makes two submissions the same request (for request_id reuse)."""
+    digest = hashlib.sha256()
+    header = {
+        "model": request.model,
+        "model_version": request.model_version,
+        "method": request.method,
+        "targets": [int(t) for t in request.targets],
+        "params": request.params or {},
+        "dtype": request.inputs.dtype,
+        "shape": list(request.inputs.shape),
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    digest.update(request.inputs.data)
+    return digest.hexdigest()
 
 
 def monotonic_deadline(seconds_left: float | None) -> float | None:

@@ -8,7 +8,8 @@
     ├── NotFound                 the named thing does not exist
     │   ├── ModelNotFound
     │   ├── VersionNotFound
-    │   └── MethodNotFound       unknown method, or one this model does not offer
+    │   ├── MethodNotFound       unknown method, or one this model does not offer
+    │   └── JobNotFound          no such job, or one past its retention
     ├── Overloaded               the queue is full: try again later
     ├── DeadlineExceeded         the caller's deadline passed before the work could finish
     ├── Unavailable              the server is shutting down or a dependency is down
@@ -61,6 +62,10 @@ class VersionNotFound(NotFound):
 
 
 class MethodNotFound(NotFound):
+    pass
+
+
+class JobNotFound(NotFound):
     pass
 
 

@@ -6,7 +6,17 @@ from what a client typed (unknown names are recorded as "unknown").
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidelight.errors import Unavailable
+
+if TYPE_CHECKING:  # a type only: metrics sit below the jobs package
+    from sidelight.jobs.queue import QueueStats
 
 LATENCY_BUCKETS = (
     0.001,
@@ -117,3 +127,94 @@ class Metrics:
             ["model", "version", "format", "device"],
             registry=registry,
         )
+
+
+# Jobs run from seconds to an hour (the default buckets stop at 10 s).
+JOB_DURATION_BUCKETS = (
+    0.1,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+EVALUATION_BUCKETS = (1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+
+
+class JobMetrics:
+    """What workers export: one observation per delivery of a job."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "sidelight_job_duration_seconds",
+            "Time a worker spent on one delivery of a job, by outcome.",
+            ["model", "method", "outcome"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.evaluations = Histogram(
+            "sidelight_job_model_evaluations",
+            "Model evaluations (rows through the model) spent on one delivery of a job.",
+            ["model", "method"],
+            buckets=EVALUATION_BUCKETS,
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "sidelight_job_deliveries_total",
+            "Deliveries of jobs to workers, by outcome (succeeded, partial, failed, "
+            "dead_lettered, cancelled, duplicate, lost, released).",
+            ["model", "method", "outcome"],
+            registry=registry,
+        )
+
+
+class QueueCollector(Collector):
+    """The queue's state, read from the queue at each scrape (so every API replica reports
+    the same shared figures; take max() across replicas, not sum())."""
+
+    def __init__(self, stats: Callable[[], QueueStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "sidelight_job_queue_up", "1 when the job queue answered this scrape."
+        )
+        try:
+            stats = self._stats()
+        except Unavailable:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        for name, documentation, value in (
+            (
+                "sidelight_job_queue_length",
+                "Entries in the job stream (until trimmed).",
+                stats.length,
+            ),
+            ("sidelight_job_queue_lag", "Jobs not yet delivered to any worker.", stats.lag),
+            ("sidelight_job_queue_pending", "Jobs delivered and not acknowledged.", stats.pending),
+            (
+                "sidelight_job_dead_letters",
+                "Entries in the dead-letter stream.",
+                stats.dead_letters,
+            ),
+        ):
+            yield GaugeMetricFamily(name, documentation, value=value)
+        jobs = GaugeMetricFamily(
+            "sidelight_jobs",
+            "Jobs QUEUED and RUNNING now; for the end states, jobs that ended so since the "
+            "queue was created (a running total).",
+            labels=["state"],
+        )
+        for state, count in sorted(stats.jobs.items()):
+            jobs.add_metric([state.value], count)
+        yield jobs

@@ -35,6 +35,73 @@ class BatchingSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QueueSettings:
+    # A job whose lease has not been renewed for this long is taken over by another worker.
+    # Workers renew every third of it, so it only has to cover a stalled process, not a job.
+    lease_seconds: float = 30.0
+    # Deliveries after which a job goes to the dead letters (FAILED) instead of running again.
+    max_deliveries: int = 3
+    # Finished jobs (state, progress, result) are kept this long, then forgotten.
+    retention_seconds: float = 24 * 3600.0
+    # Dead letters kept (the oldest are trimmed; each job's own record says FAILED anyway).
+    max_dead_letters: int = 10_000
+    # Redis key prefix, so that several deployments can share one Redis.
+    prefix: str = "sidelight"
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be > 0")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be >= 1")
+        if self.retention_seconds <= 0:
+            raise ValueError("retention_seconds must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSettings:
+    """The job queue as the API server sees it."""
+
+    # None: the in-process queue, with `embedded_workers` worker threads in the server.
+    redis_url: str | None = None
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    embedded_workers: int = 1
+    # Rows per model call in a job (perturbed inputs are built a round at a time, so this
+    # also bounds a job's memory: about this many inputs, a few times over).
+    max_rows_per_call: int = 1024
+    # A worker asked to stop lets its job run this long, then hands it back.
+    grace_seconds: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.embedded_workers < 0:
+            raise ValueError("embedded_workers must be >= 0")
+        if self.max_rows_per_call < 1:
+            raise ValueError("max_rows_per_call must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSettings:
+    """`sidelight worker`: processes that run jobs from a Redis queue."""
+
+    model_repository: Path
+    redis_url: str
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    device: str = "cpu"
+    processes: int = 1
+    # Consumer names are "{name}-{index}": stable across restarts of a process, so that a
+    # restarted worker first takes back what it held. Default: the host name.
+    name: str = ""
+    max_rows_per_call: int = 1024
+    grace_seconds: float = 20.0
+    host: str = "127.0.0.1"
+    metrics_port: int | None = 9096  # None: no /metrics; 0: any free port
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError("processes must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     model_repository: Path
     host: str = "127.0.0.1"
@@ -54,3 +121,4 @@ class ServerSettings:
     gil_switch_interval_s: float = 0.001
     # Keep freed host memory rather than return it to the OS each batch (sidelight.memory).
     retain_freed_memory: bool = True
+    jobs: JobSettings = field(default_factory=JobSettings)

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from captum.attr._utils.lrp_rules import EpsilonRule
-from sidelight.dataplane import _BatchResult, _run_explain
 from sidelight.demo.architectures import DigitsCnn, TabularMlp
 from sidelight.demo.build import export_program
+from sidelight.explanations import BatchResult, run_explain
 from sidelight.methods.base import Attribution, Batch
 from sidelight.methods.catalog import METHODS, check_model, parse_params
 from sidelight.models.config import load_config
@@ -264,11 +264,11 @@ def serve(
     seeds: Any = None,
     max_rows: int = BIG,
     **params: Any,
-) -> _BatchResult:
+) -> BatchResult:
     """What an executor runs for an Explain batch: chunking, Quality figures, CPU arrays."""
     method = METHODS[name]
     x, t, s = as_batch(inputs, targets, seeds)
-    return _run_explain(method, parse_params(method, params), model, x, t, s, max_rows)
+    return run_explain(method, parse_params(method, params), model, x, t, s, max_rows)
 
 
 # --- oracle helpers --------------------------------------------------------------------------
@@ -361,4 +361,6 @@ def fast_params(name: str) -> Mapping[str, Any]:
         "integrated_gradients": {"n_steps": 8},
         "smoothgrad": {"samples": 3},
         "vargrad": {"samples": 3},
+        "kernel_shap": {"n_samples": 16},
+        "exact_shapley": {"grid_cells": 2},
     }.get(name, {})

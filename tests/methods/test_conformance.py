@@ -18,7 +18,12 @@ from method_support import (
     resolved,
     serve,
 )
-from sidelight.demo.build import IMAGE_METHODS, TABULAR_METHODS
+from sidelight.demo.build import (
+    IMAGE_JOB_METHODS,
+    IMAGE_METHODS,
+    TABULAR_JOB_METHODS,
+    TABULAR_METHODS,
+)
 from sidelight.errors import ConfigError, InvalidParams
 from sidelight.methods.base import AttributionShape
 from sidelight.methods.catalog import METHODS, check_model, parse_params
@@ -28,8 +33,8 @@ from torch import nn
 
 TORCHSCRIPT_METHODS = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad"]
 OFFERED = {
-    "digits": IMAGE_METHODS,
-    "breast_cancer": TABULAR_METHODS,
+    "digits": IMAGE_METHODS + IMAGE_JOB_METHODS,
+    "breast_cancer": TABULAR_METHODS + TABULAR_JOB_METHODS,
     "tiny_torchscript": TORCHSCRIPT_METHODS,
 }
 PAIRS = [(model, method) for model, methods in OFFERED.items() for method in methods]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_FEATURES, ServerThread
 from sidelight.client import CHANNEL_OPTIONS, explain_request, to_array
-from sidelight.dataplane import _run_explain
+from sidelight.explanations import run_explain
 from sidelight.methods.catalog import METHODS
 from sidelight.models.registry import ModelRegistry
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
@@ -83,7 +83,7 @@ def alone(registry: ModelRegistry, call: dict[str, Any]) -> Any:
     seed = params.pop("seed", 0)
     n = len(call["inputs"])
     targets = call["targets"] or [-1]
-    return _run_explain(
+    return run_explain(
         method,
         method.params_type(**params),
         model,

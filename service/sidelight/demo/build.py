@@ -45,6 +45,18 @@ IMAGE_METHODS = [
     "guided_grad_cam",
 ]
 TABULAR_METHODS = IMAGE_METHODS[: IMAGE_METHODS.index("lrp") + 1]  # no spatial map: no CAM
+# Run as jobs. exact_shapley on images enumerates grid cells (up to 3 x 3 by default rules).
+IMAGE_JOB_METHODS = ["kernel_shap", "exact_shapley"]
+TABULAR_JOB_METHODS = ["kernel_shap"]  # 30 features: too many to enumerate
+# Training rows kept as the background data of kernel_shap and LIME.
+BACKGROUND_ROWS = 32
+
+
+def _write_background(folder: Path, x_train: Any, seed: int) -> str:
+    rows = np.random.default_rng(seed).choice(len(x_train), BACKGROUND_ROWS, replace=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "background.npy", np.ascontiguousarray(x_train[np.sort(rows)], np.float32))
+    return "background.npy"
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ def build_digits(out: Path, samples: Path | None, *, seed: int = 0) -> DemoRepor
     _require(accuracy, "digits")
     folder = out / "digits"
     export_program(model, torch.from_numpy(x_test[:2]), folder / "1" / "model.pt2")
+    background = _write_background(folder, x_train, seed)
     _write_config(
         folder,
         {
@@ -143,7 +156,8 @@ def build_digits(out: Path, samples: Path | None, *, seed: int = 0) -> DemoRepor
             "cam": {"layer": "features", "classifier": "fc"},
             "baselines": {"zero": {"value": 0.0}},
             "default_baseline": "zero",
-            "methods": IMAGE_METHODS,
+            "background": background,
+            "methods": IMAGE_METHODS + IMAGE_JOB_METHODS,
         },
     )
     if samples is not None:
@@ -174,6 +188,7 @@ def build_breast_cancer(out: Path, samples: Path | None, *, seed: int = 0) -> De
     export_program(model, torch.from_numpy(x_test[:2]), folder / "1" / "model.pt2")
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "baseline_mean.npy", x_train.mean(0).astype(np.float32))
+    background = _write_background(folder, x_train, seed)
     _write_config(
         folder,
         {
@@ -190,7 +205,8 @@ def build_breast_cancer(out: Path, samples: Path | None, *, seed: int = 0) -> De
             "labels": [str(n) for n in data.target_names],
             "baselines": {"mean": {"file": "baseline_mean.npy"}, "zero": {"value": 0.0}},
             "default_baseline": "mean",
-            "methods": TABULAR_METHODS,
+            "background": background,
+            "methods": TABULAR_METHODS + TABULAR_JOB_METHODS,
         },
     )
     if samples is not None:

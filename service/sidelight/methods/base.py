@@ -20,8 +20,8 @@ from sidelight.models.model import Capability, Model
 
 
 class Mode(StrEnum):
-    SYNC = "sync"  # answered inside Explain, in cross-request batches
-    ASYNC = "async"  # queued as a job
+    SYNC = "sync"  # answered inside Explain, in cross-request batches (or as a job)
+    ASYNC = "async"  # only as a job: too many model evaluations for a request
 
 
 class AttributionShape(StrEnum):
@@ -64,6 +64,10 @@ class Attribution:
     # (f(x) - f(baseline) at the target; f(x) for LRP, whose reference is zero relevance).
     completeness_error: torch.Tensor | None = None  # N
     reference_gap: torch.Tensor | None = None  # N
+    # A job's method stopped before its plan ("deadline", "budget", ...): an estimate.
+    stopped_by: str = ""
+    # Surrogate methods (LIME): the surrogate's weighted R² per instance.
+    local_fidelity: torch.Tensor | None = None  # N
 
 
 class Method(ABC, Generic[P]):

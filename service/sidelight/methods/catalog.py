@@ -20,6 +20,7 @@ from sidelight.methods.integrated_gradients import IntegratedGradients
 from sidelight.methods.lrp import Lrp
 from sidelight.methods.noise_tunnel import SmoothGrad, VarGrad
 from sidelight.methods.saliency import Saliency
+from sidelight.methods.shapley import ExactShapley, KernelShap
 from sidelight.models.model import Model
 
 AnyMethod = Method[Any]
@@ -39,6 +40,8 @@ def _catalog() -> dict[str, AnyMethod]:
         GradCam(),
         GradCamPlusPlus(),
         GuidedGradCam(),
+        KernelShap(),
+        ExactShapley(),
     ]
     return {m.name: m for m in methods}
 

@@ -15,6 +15,7 @@ baselines:                          # named reference inputs for IG, DeepLIFT, .
   zero: {value: 0.0}
   mean: {file: baseline_mean.npy}   # relative to the model folder; .npy, no pickle
 default_baseline: zero
+background: background.npy          # training rows for kernel_shap and lime (optional)
 methods: [saliency, integrated_gradients, grad_cam]
 """
 
@@ -101,6 +102,9 @@ class ModelConfig(_Strict):
         default_factory=lambda: {"zero": BaselineConfig(value=0.0)}
     )
     default_baseline: str = "zero"  # after `baselines`: its validator reads them
+    # Rows of training data (.npy, K x input shape, no pickle): the reference distribution of
+    # kernel_shap / exact_shapley and the sampling statistics of tabular LIME.
+    background: str | None = None
     methods: Annotated[list[str], Field(min_length=1)]
 
     @field_validator("default_baseline")

@@ -17,7 +17,7 @@ from torch import nn
 
 from sidelight.errors import ConfigError
 from sidelight.models.config import ModelConfig
-from sidelight.models.model import Baseline, Capability, Model, ModelFormat
+from sidelight.models.model import Background, Baseline, Capability, Model, ModelFormat
 from sidelight.models.modularize import LAYER_MARKER, modularize
 
 MODEL_FILES = {"model.pt": ModelFormat.TORCHSCRIPT, "model.pt2": ModelFormat.TORCH_EXPORT}
@@ -102,6 +102,34 @@ def _baselines(model_dir: Path, config: ModelConfig, device: torch.device) -> di
     return baselines
 
 
+def _background(model_dir: Path, config: ModelConfig, device: torch.device) -> Background | None:
+    if config.background is None:
+        return None
+    path = model_dir / config.background
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(path), None, f"is not a readable .npy file ({exc})") from exc
+    shape = tuple(config.input.shape)
+    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape or array.shape[0] < 1:
+        raise ConfigError(
+            str(model_dir / "config.yaml"),
+            "background",
+            f"{config.background} has shape {list(array.shape)}; expected [K, "
+            f"{', '.join(map(str, shape))}] with K >= 1",
+        )
+    if not np.isfinite(array).all():
+        raise ConfigError(str(model_dir / "config.yaml"), "background", "holds NaN or Inf")
+    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    tensor = tensor.to(device=device, dtype=_DTYPES[config.input.dtype])
+    return Background(
+        tensor=tensor,
+        digest=tensor_digest(tensor),
+        mean=tensor.mean(0),
+        std=tensor.std(0, correction=0),
+    )
+
+
 def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch.device) -> Model:
     """Load `model_dir/version`, check it against `config` with a forward pass on `device`."""
     config_path = str(model_dir / "config.yaml")
@@ -163,6 +191,7 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
         num_classes=num_classes,
         file_digest=file_digest(path),
         capabilities=frozenset(capabilities),
+        background=_background(model_dir, config, device),
     )
 
 

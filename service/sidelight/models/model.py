@@ -33,6 +33,16 @@ class Baseline:
     digest: str  # sha256 of the float32 little-endian bytes
 
 
+@dataclass(frozen=True)
+class Background:
+    """Rows of the training data, the reference distribution of Shapley values and LIME."""
+
+    tensor: torch.Tensor  # K x input shape, on the model's device
+    digest: str  # sha256 of the float32 little-endian bytes
+    mean: torch.Tensor  # input shape
+    std: torch.Tensor  # input shape, population standard deviation
+
+
 @dataclass(frozen=True, eq=False)
 class Model:
     name: str
@@ -47,6 +57,7 @@ class Model:
     num_classes: int
     file_digest: str  # sha256 of the model file
     capabilities: frozenset[Capability]
+    background: Background | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

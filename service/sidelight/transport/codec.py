@@ -10,6 +10,8 @@ from google.protobuf import json_format
 
 from sidelight import dataplane as dp
 from sidelight import tensors
+from sidelight.explanations import Explanation
+from sidelight.jobs.spec import JobStatus
 from sidelight.v1 import explainer_pb2 as pb
 
 
@@ -49,7 +51,7 @@ def predict_request(message: pb.PredictRequest, deadline: float | None) -> dp.Pr
     )
 
 
-def explanation_to_proto(explanation: dp.Explanation) -> pb.ExplainResponse:
+def explanation_to_proto(explanation: Explanation) -> pb.ExplainResponse:
     quality = explanation.quality
     return pb.ExplainResponse(
         explanation_id=explanation.explanation_id,
@@ -62,11 +64,33 @@ def explanation_to_proto(explanation: dp.Explanation) -> pb.ExplainResponse:
             model_evaluations=quality.model_evaluations,
             seed=quality.seed,
             baseline_digest=quality.baseline_digest,
+            partial=bool(quality.stopped_by),
+            stopped_by=quality.stopped_by,
+            local_fidelity=quality.local_fidelity,
         ),
         model=explanation.model,
         model_version=explanation.model_version,
         method=explanation.method,
         request_id=explanation.request_id,
+    )
+
+
+def job_to_proto(status: JobStatus) -> pb.Job:
+    return pb.Job(
+        job_id=status.job_id,
+        state=status.state.value,  # the enum's value names match the .proto's
+        progress=pb.JobProgress(fraction=status.fraction, model_evaluations=status.evaluations),
+        error=status.error,
+        result=explanation_to_proto(status.result) if status.result is not None else None,
+        request_id=status.request_id,
+        model=status.model,
+        model_version=status.model_version,
+        method=status.method,
+        deliveries=status.deliveries,
+        submitted_at=status.submitted_at,
+        started_at=status.started_at or 0.0,
+        finished_at=status.finished_at or 0.0,
+        partial=status.partial,
     )
 
 

@@ -1,4 +1,5 @@
-"""Assemble and run the service: models, scheduler, executors, gRPC server, health, metrics.
+"""Assemble and run the service: models, scheduler, executors, job queue (and, without Redis,
+its embedded workers), gRPC server, health, metrics.
 
     service = await Service.start(settings)      # listens; health SERVING
     await service.wait_for_termination()          # until SIGTERM/SIGINT (or stop())
@@ -6,7 +7,12 @@
 
 Shutdown order on SIGTERM (Kubernetes): health goes NOT_SERVING so that readiness fails and
 traffic moves away; the server stops taking new calls and gives in-flight calls the grace
-period; the scheduler closes and the executors drain what was accepted.
+period; the scheduler closes and the executors drain what was accepted; embedded workers
+finish their job within the grace period or hand it back.
+
+Health: the empty service name is liveness (SERVING while the process can answer); the
+Explainer service's status is readiness: NOT_SERVING while shutting down, or while the job
+queue's Redis is unreachable (checked every second; it comes back on its own).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +35,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sidelight.batching.executor import BatchReport, DeviceExecutor
 from sidelight.batching.scheduler import Scheduler
 from sidelight.dataplane import DataPlane
+from sidelight.jobs.memory_queue import MemoryJobQueue
+from sidelight.jobs.queue import JobQueue
+from sidelight.jobs.redis_queue import RedisJobQueue
+from sidelight.jobs.runner import JobRunner
+from sidelight.jobs.worker import Worker, observe_outcomes
 from sidelight.memory import retain_freed_memory
 from sidelight.methods.catalog import check_model
-from sidelight.metrics import Metrics
+from sidelight.metrics import JobMetrics, Metrics, QueueCollector
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
 from sidelight.settings import ServerSettings
@@ -39,6 +51,7 @@ from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+READINESS_PERIOD_S = 1.0
 SERVICE_NAME = explainer_pb2.DESCRIPTOR.services_by_name["Explainer"].full_name
 
 
@@ -60,6 +73,8 @@ class Service:
         executors: list[DeviceExecutor],
         endpoints: Endpoints,
         metrics_server: Any,
+        jobs: JobQueue,
+        workers: list[tuple[Worker, threading.Thread]],
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -70,8 +85,11 @@ class Service:
         self._scheduler = scheduler
         self._executors = executors
         self._metrics_server = metrics_server
+        self.jobs = jobs
+        self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
+        self._readiness: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: ServerSettings) -> Service:
@@ -103,8 +121,12 @@ class Service:
             DeviceExecutor(device, scheduler, replica, settings.batching, _batch_observer(metrics))
             for device in devices
         ]
+        jobs, workers = _job_queue(settings, registry, devices[0], metrics)
         plane = DataPlane(
-            registry, scheduler, max_instances_per_request=settings.max_instances_per_request
+            registry,
+            scheduler,
+            jobs=jobs,
+            max_instances_per_request=settings.max_instances_per_request,
         )
 
         server = grpc.aio.server(
@@ -136,10 +158,12 @@ class Service:
 
         for executor in executors:
             executor.start()
+        for _worker, thread in workers:
+            thread.start()
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return cls(
+        service = cls(
             settings,
             registry,
             metrics,
@@ -149,7 +173,32 @@ class Service:
             executors,
             Endpoints(port, metrics_port),
             metrics_server,
+            jobs,
+            workers,
         )
+        if settings.jobs.redis_url is not None:
+            service._readiness = asyncio.ensure_future(service._watch_readiness())
+        return service
+
+    async def _watch_readiness(self) -> None:
+        """Readiness follows the job queue: NOT_SERVING while Redis does not answer."""
+        ready = True
+        while True:
+            healthy = await asyncio.to_thread(self.jobs.healthy)
+            if healthy != ready:
+                ready = healthy
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else (health_pb2.HealthCheckResponse.NOT_SERVING)
+                )
+                log.warning(
+                    "job queue %s: readiness %s",
+                    "back" if ready else "unreachable",
+                    health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                )
+                await self._health.set(SERVICE_NAME, status)
+            await asyncio.sleep(READINESS_PERIOD_S)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,15 +223,58 @@ class Service:
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("stopping: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
+        if self._readiness is not None:
+            self._readiness.cancel()
         await self._health.enter_graceful_shutdown()
+        for worker, _thread in self._workers:
+            worker.shutdown.set()  # stop claiming; the job in hand has the grace period
         await self._server.stop(grace)
         self._scheduler.close()
         for executor in self._executors:
             await asyncio.to_thread(executor.join, grace)
+        for _worker, thread in self._workers:
+            await asyncio.to_thread(thread.join, grace + 5)
+        self.jobs.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         self._stopped.set()
+
+
+def _job_queue(
+    settings: ServerSettings, registry: ModelRegistry, device: torch.device, metrics: Metrics
+) -> tuple[JobQueue, list[tuple[Worker, threading.Thread]]]:
+    """Redis when a URL is given (workers run apart: `sidelight worker`); else the in-process
+    queue with worker threads here."""
+    config = settings.jobs
+    queue: JobQueue
+    if config.redis_url is not None:
+        queue = RedisJobQueue(config.redis_url, config.queue)
+        embedded = 0
+    else:
+        queue = MemoryJobQueue(config.queue)
+        embedded = config.embedded_workers
+    metrics.registry.register(QueueCollector(queue.stats))
+    workers = []
+    if embedded:
+        runner = JobRunner(
+            registry,
+            device,
+            max_rows=config.max_rows_per_call,
+            max_instances=settings.max_instances_per_request,
+        )
+        observe = observe_outcomes(JobMetrics(metrics.registry))
+        for index in range(embedded):
+            worker = Worker(
+                queue,
+                runner,
+                f"embedded-{index}",
+                grace_seconds=config.grace_seconds,
+                on_outcome=observe,
+            )
+            thread = threading.Thread(target=worker.run, name=f"job-worker-{index}", daemon=True)
+            workers.append((worker, thread))
+    return queue, workers
 
 
 def _publish_models(registry: ModelRegistry, metrics: Metrics) -> None:

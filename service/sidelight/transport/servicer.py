@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from sidelight import dataplane as dp
 from sidelight.errors import Overloaded
+from sidelight.explanations import Explanation
 from sidelight.methods.catalog import METHODS
 from sidelight.metrics import Metrics
 from sidelight.transport import codec
@@ -64,6 +65,52 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
         return await self._answer("Explain", request.model, request.method, context, answer)
 
+    async def SubmitJob(
+        self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Job:
+        async def answer() -> pb.Job:
+            call = codec.explain_request(request, _deadline(context))
+            return codec.job_to_proto(await self._plane.submit_job(call))
+
+        return await self._answer("SubmitJob", request.model, request.method, context, answer)
+
+    async def GetJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Job:
+        async def answer() -> pb.Job:
+            return codec.job_to_proto(await self._plane.get_job(request.job_id))
+
+        return await self._answer("GetJob", "", "", context, answer)
+
+    async def CancelJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Job:
+        async def answer() -> pb.Job:
+            return codec.job_to_proto(await self._plane.cancel_job(request.job_id))
+
+        return await self._answer("CancelJob", "", "", context, answer)
+
+    async def WatchJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Job]:
+        """A stream: errors map to status codes like the unary calls', at any point."""
+        in_flight = self._in_flight("WatchJob")
+        in_flight.inc()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            async for status in self._plane.watch_job(request.job_id):
+                yield codec.job_to_proto(status)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, message = status_for(exc)
+            await context.abort(code, message)
+        finally:
+            in_flight.dec()
+            self._duration("WatchJob", "", "", code.name).observe(time.perf_counter() - started)
+
     async def _answer(
         self,
         rpc: str,
@@ -95,7 +142,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
                 time.perf_counter() - started
             )
 
-    def _record_quality(self, explanation: dp.Explanation) -> None:
+    def _record_quality(self, explanation: Explanation) -> None:
         labels = (explanation.model, explanation.method)
         self._metrics.model_evaluations.labels(*labels).inc(explanation.quality.model_evaluations)
         histogram = self._metrics.completeness_error.labels(*labels)

@@ -1,11 +1,29 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    QUEUED: _ClassVar[JobState]
+    RUNNING: _ClassVar[JobState]
+    SUCCEEDED: _ClassVar[JobState]
+    FAILED: _ClassVar[JobState]
+    CANCELLED: _ClassVar[JobState]
+    EXPIRED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+QUEUED: JobState
+RUNNING: JobState
+SUCCEEDED: JobState
+FAILED: JobState
+CANCELLED: JobState
+EXPIRED: JobState
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -36,18 +54,24 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., targets: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Quality(_message.Message):
-    __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest")
+    __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest", "partial", "stopped_by", "local_fidelity")
     COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
     RELATIVE_COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
     MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     BASELINE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_BY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIDELITY_FIELD_NUMBER: _ClassVar[int]
     completeness_error: _containers.RepeatedScalarFieldContainer[float]
     relative_completeness_error: _containers.RepeatedScalarFieldContainer[float]
     model_evaluations: int
     seed: int
     baseline_digest: str
-    def __init__(self, completeness_error: _Optional[_Iterable[float]] = ..., relative_completeness_error: _Optional[_Iterable[float]] = ..., model_evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., baseline_digest: _Optional[str] = ...) -> None: ...
+    partial: bool
+    stopped_by: str
+    local_fidelity: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, completeness_error: _Optional[_Iterable[float]] = ..., relative_completeness_error: _Optional[_Iterable[float]] = ..., model_evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., baseline_digest: _Optional[str] = ..., partial: _Optional[bool] = ..., stopped_by: _Optional[str] = ..., local_fidelity: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("explanation_id", "outputs", "targets", "attributions", "quality", "model", "model_version", "method", "request_id")
@@ -154,3 +178,49 @@ class ModelInfo(_message.Message):
     methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
     description: str
     def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., latest_version: _Optional[str] = ..., task: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_kind: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobProgress(_message.Message):
+    __slots__ = ("fraction", "model_evaluations")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    model_evaluations: int
+    def __init__(self, fraction: _Optional[float] = ..., model_evaluations: _Optional[int] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "state", "progress", "error", "result", "request_id", "model", "model_version", "method", "deliveries", "submitted_at", "started_at", "finished_at", "partial")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    progress: JobProgress
+    error: str
+    result: ExplainResponse
+    request_id: str
+    model: str
+    model_version: str
+    method: str
+    deliveries: int
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    partial: bool
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[ExplainResponse, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., deliveries: _Optional[int] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., partial: _Optional[bool] = ...) -> None: ...

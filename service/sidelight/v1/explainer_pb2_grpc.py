@@ -49,6 +49,26 @@ class ExplainerStub:
                 request_serializer=sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=sidelight_dot_v1_dot_explainer__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.SubmitJob = channel.unary_unary(
+                '/sidelight.v1.Explainer/SubmitJob',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/sidelight.v1.Explainer/GetJob',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/sidelight.v1.Explainer/WatchJob',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/sidelight.v1.Explainer/CancelJob',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -75,6 +95,38 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitJob(self, request, context):
+        """Queue an explanation as a job (any method the model allows; the asynchronous ones,
+        kernel_shap, exact_shapley, lime, occlusion and rise, only this way). Returns once the job
+        is stored. The same request_id again returns the same job. Job-level params, besides the
+        method's: "deadline_seconds" (from submission; the job then stops and returns what it
+        has, marked partial) and "max_evaluations" (a budget of model evaluations, likewise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """The job's state, progress, and result once SUCCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job now, then each time its state or progress changes, until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """A queued job ends CANCELLED at once, a running one at its next model call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +144,26 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.FromString,
                     response_serializer=sidelight_dot_v1_dot_explainer__pb2.ExplainResponse.SerializeToString,
+            ),
+            'SubmitJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJob,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +247,114 @@ class Explainer:
             '/sidelight.v1.Explainer/Explain',
             sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.SerializeToString,
             sidelight_dot_v1_dot_explainer__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/SubmitJob',
+            sidelight_dot_v1_dot_explainer__pb2.ExplainRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/GetJob',
+            sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sidelight.v1.Explainer/WatchJob',
+            sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/CancelJob',
+            sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

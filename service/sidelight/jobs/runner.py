@@ -1,0 +1,62 @@
+"""Run one job's spec to an Explanation: the same validation and methods as the API's, with
+the job's control (deadline, budget, cancellation) over every model call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sidelight.explanations import Explanation, explanation_of, summarize
+from sidelight.jobs.spec import JobSpec
+from sidelight.methods.base import Batch, SeededParams
+from sidelight.methods.catalog import method_for, parse_params
+from sidelight.methods.chunking import run_chunked
+from sidelight.methods.perturbation import Control, Evaluator, PerturbationMethod
+from sidelight.models.registry import ModelRegistry
+from sidelight.validation import parse_targets, validate_inputs
+
+
+@dataclass
+class JobRunner:
+    registry: ModelRegistry
+    device: torch.device
+    # Rows per model call. Perturbed inputs are built one round at a time, so this also
+    # bounds the memory a job takes: about max_rows x one input's size, a few times over.
+    max_rows: int = 1024
+    max_instances: int = 1024
+
+    def run(self, spec: JobSpec, control: Control) -> Explanation:
+        entry = self.registry.get(spec.model, spec.model_version)
+        model = next((m for m in entry.replicas if m.device == self.device), entry.primary)
+        method = method_for(model, spec.method)
+        params = parse_params(method, spec.params)
+        method.check_params(model, params)
+        inputs = validate_inputs(entry, spec.inputs, self.max_instances).to(model.device)
+        targets = parse_targets(spec.targets, inputs.shape[0], model.num_classes).to(model.device)
+        seed = params.seed if isinstance(params, SeededParams) else None
+        seeds = torch.full((inputs.shape[0],), seed or 0, dtype=torch.int64)
+        batch = Batch(inputs, targets, seeds)
+        max_rows = self.max_rows
+        if isinstance(method, PerturbationMethod):
+            attribution = method.run(model, batch, params, Evaluator(model, max_rows, control))
+        else:  # a gradient method queued as a job: quick, so it runs whole
+            attribution = run_chunked(
+                batch,
+                method.rows_per_instance(params),
+                max_rows,
+                lambda part: method.attribute(model, part, params, max_rows),
+            )
+            evaluations = attribution.evaluations_per_instance * len(batch)
+            control.progress(1.0, evaluations)
+        result = summarize(method, model, attribution)
+        return explanation_of(
+            entry.name,
+            entry.version,
+            method,
+            params,
+            model,
+            result,
+            seed=seed,
+            request_id=spec.request_id,
+            instances=inputs.shape[0],
+        )
