@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from sidelight.explanations import Explanation, Quality
 from sidelight.jobs.spec import JobSpec, JobState, JobStatus
 from sidelight.tensors import RawTensor

@@ -32,6 +32,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from sidelight.errors import InvalidArgument, JobNotFound, Unavailable
 from sidelight.explanations import Explanation
 from sidelight.jobs import payload

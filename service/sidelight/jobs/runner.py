@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from sidelight.explanations import Explanation, explanation_of, summarize
 from sidelight.jobs.spec import JobSpec
 from sidelight.methods.base import Batch, SeededParams

@@ -44,6 +44,7 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
     """One worker process: load the models, claim and run jobs until SIGTERM."""
     import torch
     from prometheus_client import CollectorRegistry, start_http_server
+
     from sidelight.jobs.redis_queue import RedisJobQueue
     from sidelight.jobs.runner import JobRunner
     from sidelight.jobs.worker import Worker, observe_outcomes
