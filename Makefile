@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 METRICS_PORT ?= 9095
 
-.PHONY: run test lint typecheck unit protos bench demo clean
+.PHONY: run test lint typecheck unit protos bench demo clean redis-server
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ run: $(DEMO)
 	$(BIN)/sidelight serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT) \
 		--metrics-port $(METRICS_PORT)
 
-test: $(DEMO) lint typecheck unit
+test: $(DEMO) redis-server lint typecheck unit
+
+# The job tests start private redis-server processes; install Debian's package if missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server missing: installing Debian's package"; \
+		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check service handlers tests bench protos

@@ -82,3 +82,45 @@ def _displayable(image: npt.NDArray[Any]) -> npt.NDArray[Any]:
     low, high = float(image.min()), float(image.max())
     scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
     return scaled[0] if scaled.shape[0] == 1 else scaled.transpose(1, 2, 0)[..., :3]
+
+
+SEGMENTATIONS = ("slic", "felzenszwalb", "quickshift")
+
+
+def superpixels(images: npt.NDArray[Any], method: str, n_segments: int) -> npt.NDArray[np.int64]:
+    """N x C x H x W images -> N x H x W labels 0..k-1 (k per image), by scikit-image.
+
+    One call per image: scikit-image segments one image at a time, on the host. For LIME this
+    costs once per image against hundreds of model evaluations."""
+    from skimage.segmentation import felzenszwalb, quickshift, slic
+
+    labels = []
+    for image in images:
+        pixels = np.moveaxis(np.asarray(image, dtype=np.float64), 0, -1)  # H x W x C
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+        gray = pixels.shape[-1] == 1
+        if method == "slic":
+            found = slic(
+                pixels[..., 0] if gray else pixels,
+                n_segments=n_segments,
+                compactness=0.1 if gray else 10.0,
+                start_label=0,
+                channel_axis=None if gray else -1,
+            )
+        elif method == "felzenszwalb":
+            scale = max(1.0, pixels.shape[0] * pixels.shape[1] / n_segments)
+            found = felzenszwalb(
+                pixels[..., 0] if gray else pixels,
+                scale=scale,
+                min_size=1,
+                channel_axis=None if gray else -1,
+            )
+        elif method == "quickshift":
+            rgb = np.repeat(pixels, 3, axis=-1) if gray else pixels[..., :3]
+            found = quickshift(rgb, kernel_size=2, max_dist=6, ratio=0.5)  # type: ignore[no-untyped-call]
+        else:
+            raise ValueError(f"unknown segmentation {method!r}; one of {SEGMENTATIONS}")
+        _, contiguous = np.unique(found, return_inverse=True)
+        labels.append(contiguous.reshape(found.shape).astype(np.int64))
+    return np.stack(labels)

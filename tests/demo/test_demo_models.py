@@ -19,7 +19,8 @@ def digest(path: Path) -> str:
 
 
 def test_demo_build_is_reproducible_and_accurate(tmp_path: Path, model_repository: Path) -> None:
-    """Built a second time, the same files, bit for bit; held-out accuracy at least 0.95."""
+    """Built a second time, the same files (torch.export, ONNX, background rows), bit for bit;
+    held-out accuracy at least 0.95."""
     reports = build_demo(tmp_path, tmp_path / "samples", ["digits", "breast_cancer"])
     for report in reports:
         assert report.accuracy is not None and report.accuracy >= MIN_ACCURACY >= 0.95
@@ -28,6 +29,12 @@ def test_demo_build_is_reproducible_and_accurate(tmp_path: Path, model_repositor
         assert digest(again) == digest(first), report.name
         config = yaml.safe_load((tmp_path / report.name / "config.yaml").read_text())
         assert f"{report.accuracy:.3f}" in config["description"]
+    for name in (
+        "breast_cancer_onnx/1/model.onnx",
+        "digits/background.npy",
+        "breast_cancer/background.npy",
+    ):
+        assert digest(tmp_path / name) == digest(model_repository / name), name
     samples = tmp_path / "samples"
     digits = np.load(samples / "digits.npy", allow_pickle=False)
     assert digits.dtype == np.float32 and digits.shape[1:] == (1, 8, 8)

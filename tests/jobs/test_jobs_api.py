@@ -5,6 +5,7 @@ submit; bad input refused before anything is queued."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_watch_streams_progress_until_the_end(stub: pb_grpc.ExplainerStub) -> No
     assert updates[-1].state == pb.JobState.SUCCEEDED
     fractions = [u.progress.fraction for u in updates if u.state == pb.JobState.RUNNING]
     assert len(fractions) >= 2, [pb.JobState.Name(u.state) for u in updates]
-    assert fractions == sorted(fractions) and fractions[0] < fractions[-1] < 1
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1] <= 1
     evaluations = [u.progress.model_evaluations for u in updates]
     assert evaluations == sorted(evaluations)
 
@@ -233,3 +234,54 @@ def test_list_models_marks_the_job_methods(stub: pb_grpc.ExplainerStub) -> None:
     modes = {m.name: m.mode for m in models["digits"].methods}
     assert modes["kernel_shap"] == "async" and modes["exact_shapley"] == "async"
     assert modes["saliency"] == "sync"
+
+
+def test_an_onnx_model_serves_jobs(stub: pb_grpc.ExplainerStub) -> None:
+    rows = cancer_rows(2)
+    params = {"n_samples": 128, "seed": 8}
+    from_onnx = wait(
+        stub, submit(stub, "breast_cancer_onnx", rows, "kernel_shap", params=params).job_id
+    )
+    from_torch = wait(
+        stub, submit(stub, "breast_cancer", rows, "kernel_shap", params=params).job_id
+    )
+    assert from_onnx.state == pb.JobState.SUCCEEDED, from_onnx.error
+    np.testing.assert_allclose(
+        to_array(from_onnx.result.attributions),
+        to_array(from_torch.result.attributions),
+        atol=1e-5,
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Explain(explain_request("breast_cancer_onnx", rows, "saliency"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # not offered: no gradients
+
+
+def test_job_metrics_are_exported(stub: pb_grpc.ExplainerStub, job_server: ServerThread) -> None:
+    done = wait(
+        stub, submit(stub, "breast_cancer", cancer_rows(1), "lime", params={"n_samples": 64}).job_id
+    )
+    assert done.state == pb.JobState.SUCCEEDED
+    assert len(done.result.quality.local_fidelity) == 1
+    port = job_server.service.endpoints.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["sidelight_job_queue_up"] == 1
+    assert samples['sidelight_jobs{state="SUCCEEDED"}'] >= 1
+    assert samples["sidelight_job_queue_pending"] == 0
+    assert "sidelight_job_queue_lag" in samples and "sidelight_job_dead_letters" in samples
+    key = 'sidelight_job_deliveries_total{method="lime",model="breast_cancer",outcome="succeeded"}'
+    assert samples[key] >= 1
+    assert (
+        samples[
+            'sidelight_job_duration_seconds_bucket{le="3600.0",method="lime",model="breast_cancer",outcome="succeeded"}'
+        ]
+        >= 1
+    )
+    assert (
+        samples['sidelight_job_model_evaluations_count{method="lime",model="breast_cancer"}'] >= 1
+    )

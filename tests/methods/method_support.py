@@ -363,4 +363,6 @@ def fast_params(name: str) -> Mapping[str, Any]:
         "vargrad": {"samples": 3},
         "kernel_shap": {"n_samples": 16},
         "exact_shapley": {"grid_cells": 2},
+        "lime": {"n_samples": 24},
+        "rise": {"n_masks": 16},
     }.get(name, {})

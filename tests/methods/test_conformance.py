@@ -27,7 +27,7 @@ from sidelight.demo.build import (
 from sidelight.errors import ConfigError, InvalidParams
 from sidelight.methods.base import AttributionShape
 from sidelight.methods.catalog import METHODS, check_model, parse_params
-from sidelight.models.model import Model
+from sidelight.models.model import Background, Model
 from sidelight.models.registry import ModelRegistry
 from torch import nn
 
@@ -189,9 +189,20 @@ def test_unknown_or_mistyped_params_name_the_key(method: str) -> None:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_torchscript_model_offers_only_what_it_can(registry: ModelRegistry, method: str) -> None:
     """check_model on the TorchScript model configured with each method in turn: methods that
-    need module rules, a layer or a classifier are refused, naming the method."""
+    need module rules, a layer or a classifier are refused, naming the method; so is a
+    method for images (rise) on this tabular model."""
     tiny = registry.get("tiny_torchscript").primary
-    model = replace(tiny, config=tiny.config.model_copy(update={"methods": [method]}))
+    rows = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    background = Background(rows, "test", rows.mean(0), rows.std(0, correction=0))
+    model = replace(
+        tiny,
+        config=tiny.config.model_copy(update={"methods": [method]}),
+        background=background,  # for lime's sampling statistics
+    )
+    if method == "rise":
+        with pytest.raises(ConfigError, match="images"):
+            check_model(model)
+        return
     if METHODS[method].needs <= tiny.capabilities:
         check_model(model)  # accepted: and it runs
         x = real_inputs(model, 2)

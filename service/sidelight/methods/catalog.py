@@ -17,11 +17,14 @@ from sidelight.methods.guided_backprop import GuidedBackprop
 from sidelight.methods.guided_grad_cam import GuidedGradCam
 from sidelight.methods.input_x_gradient import InputXGradient
 from sidelight.methods.integrated_gradients import IntegratedGradients
+from sidelight.methods.lime import Lime
 from sidelight.methods.lrp import Lrp
 from sidelight.methods.noise_tunnel import SmoothGrad, VarGrad
+from sidelight.methods.occlusion import Occlusion
+from sidelight.methods.rise import Rise
 from sidelight.methods.saliency import Saliency
 from sidelight.methods.shapley import ExactShapley, KernelShap
-from sidelight.models.model import Model
+from sidelight.models.model import Model, ModelFormat
 
 AnyMethod = Method[Any]
 
@@ -42,6 +45,9 @@ def _catalog() -> dict[str, AnyMethod]:
         GuidedGradCam(),
         KernelShap(),
         ExactShapley(),
+        Lime(),
+        Occlusion(),
+        Rise(),
     ]
     return {m.name: m for m in methods}
 
@@ -72,6 +78,15 @@ def parse_params(method: AnyMethod, raw: Mapping[str, Any]) -> Params:
         raise InvalidParams(field, f"{first['msg']} (method {method.name})") from exc
 
 
+def _remedy(model: Model) -> str:
+    if model.format is ModelFormat.ONNX:
+        return " (ONNX models run forward passes only: offer the perturbation methods, or "
+        "export the model with torch.export as model.pt2)"
+    if model.format is ModelFormat.TORCHSCRIPT:
+        return " (export it with torch.export as model.pt2 and set cam.layer)"
+    return " (set cam.layer, and cam.classifier for cam)"
+
+
 def check_model(model: Model) -> None:
     """Refuse at start a model whose config allows a method it cannot support."""
     where = f"{model.name}/config.yaml"
@@ -87,11 +102,6 @@ def check_model(model: Model) -> None:
                 where,
                 "methods",
                 f"{name} needs {sorted(c.value for c in missing)}, which this "
-                f"{model.format.value} model does not offer"
-                + (
-                    " (export it with torch.export as model.pt2 and set cam.layer)"
-                    if model.format.value == "torchscript"
-                    else " (set cam.layer, and cam.classifier for cam)"
-                ),
+                f"{model.format.value} model does not offer" + _remedy(model),
             )
         method.check(model)

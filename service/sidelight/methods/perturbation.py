@@ -91,11 +91,22 @@ class Features:
     """Which input elements form each interpretable feature.
 
     `index`: N x (input shape) int64, the feature of each element of each instance (per
-    instance, since superpixels differ between images); `count`: features per instance.
+    instance, since superpixels differ between images); `count`: features per instance, the
+    most of any instance; `counts`: N, each instance's own (superpixels), or None when all
+    have `count`.
     """
 
     index: torch.Tensor
     count: int
+    counts: torch.Tensor | None = None
+
+    def valid(self) -> torch.Tensor:
+        """N x count bool: which features each instance really has."""
+        n = self.index.shape[0]
+        columns = torch.arange(self.count, device=self.index.device)
+        if self.counts is None:
+            return torch.ones(n, self.count, dtype=torch.bool, device=self.index.device)
+        return columns[None, :] < self.counts[:, None].to(self.index.device)
 
     def masks(self, coalitions: torch.Tensor) -> torch.Tensor:
         """N x S x (input shape) bool: whether each element is kept, for S x count coalitions."""
@@ -136,6 +147,16 @@ def grid_features(inputs: torch.Tensor, cells: int) -> Features:
     return Features(index, cells * cells)
 
 
+def superpixel_features(inputs: torch.Tensor, method: str, n_segments: int) -> Features:
+    """Images cut into superpixels by scikit-image (on the host, image by image)."""
+    from sidelight_handlers.image import superpixels
+
+    labels = torch.from_numpy(superpixels(inputs.detach().cpu().numpy(), method, n_segments))
+    counts = labels.reshape(labels.shape[0], -1).amax(1) + 1
+    index = labels.unsqueeze(1).expand(-1, inputs.shape[1], -1, -1).contiguous()
+    return Features(index.to(inputs.device), int(counts.max()), counts.to(inputs.device))
+
+
 def compose(inputs: torch.Tensor, references: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Where masks keep an element, the input's; elsewhere each reference's.
 
@@ -166,6 +187,19 @@ def generator(batch: Batch) -> torch.Generator:
     rng = torch.Generator(device="cpu")
     rng.manual_seed(int(batch.seeds[0]) if len(batch.seeds) else 0)
     return rng
+
+
+def feature_draws(batch: Batch, samples: int, count: int) -> torch.Tensor:
+    """samples x count uniform draws, column j from its own stream (seed, j): a feature's draws
+    do not depend on how many features the batch's other images have (superpixel counts
+    differ), so an image gets the same samples alone or in a batch."""
+    seed = int(batch.seeds[0]) if len(batch.seeds) else 0
+    columns = []
+    for feature in range(count):  # one stream per feature, not per instance or sample
+        rng = torch.Generator(device="cpu")
+        rng.manual_seed((seed * 1_000_003 + feature) % (1 << 63))
+        columns.append(torch.rand(samples, generator=rng))
+    return torch.stack(columns, 1)
 
 
 P = TypeVar("P", bound=Params)

@@ -1,8 +1,10 @@
-"""Load one model version from its folder: TorchScript (`model.pt`) or torch.export (`model.pt2`).
+"""Load one model version from its folder: TorchScript (`model.pt`), torch.export (`model.pt2`)
+or ONNX (`model.onnx`, forward passes only).
 
 No pickle: TorchScript archives hold code and tensors, torch.export archives a serialized graph
-and weights read with `weights_only`. The loaded module is checked with a forward pass on the
-device before it is offered (output shape against the labels, CAM layer shape).
+and weights read with `weights_only`, ONNX files a protobuf graph. The loaded module is checked
+with a forward pass on the device before it is offered (output shape against the labels, CAM
+layer shape).
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ from sidelight.errors import ConfigError
 from sidelight.models.config import ModelConfig
 from sidelight.models.model import Background, Baseline, Capability, Model, ModelFormat
 from sidelight.models.modularize import LAYER_MARKER, modularize
+from sidelight.models.onnx import OnnxModule
 
-MODEL_FILES = {"model.pt": ModelFormat.TORCHSCRIPT, "model.pt2": ModelFormat.TORCH_EXPORT}
+MODEL_FILES = {
+    "model.pt": ModelFormat.TORCHSCRIPT,
+    "model.pt2": ModelFormat.TORCH_EXPORT,
+    "model.onnx": ModelFormat.ONNX,
+}
 
 _DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "FP64": torch.float64}
 
@@ -137,6 +144,8 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
     try:
         if fmt is ModelFormat.TORCHSCRIPT:
             module, classifier = _load_torchscript(path, device), None
+        elif fmt is ModelFormat.ONNX:
+            module, classifier = OnnxModule(path, device), None
         else:
             module, classifier = _load_export(path, config, device)
     except ConfigError as exc:
@@ -171,7 +180,7 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
             f"weight of shape {list(classifier.shape)} does not map the layer's "
             f"{layer_shape[1] if layer_shape else '?'} channels to {num_classes} classes",
         )
-    capabilities = {Capability.GRADIENTS}
+    capabilities = set() if fmt is ModelFormat.ONNX else {Capability.GRADIENTS}
     if fmt is ModelFormat.TORCH_EXPORT:
         capabilities.add(Capability.MODULE_RULES)
     if layer is not None and layer_shape is not None and len(layer_shape) == 4:

@@ -15,6 +15,7 @@ from sidelight.models.config import ModelConfig, OutputKind
 class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     TORCH_EXPORT = "torch_export"
+    ONNX = "onnx"  # forward passes only (onnxruntime)
 
 
 class Capability(StrEnum):
