@@ -105,7 +105,7 @@ def test_models_list(server: ServerThread, capsys: pytest.CaptureFixture[str]) -
     code, out, err = cli(capsys, "models", "list", "--server", server.address)
     assert code == 0, err
     lines = {line.split(" ", 1)[0]: line for line in out.splitlines()}
-    assert set(lines) == {"digits", "breast_cancer", "tiny_torchscript"}
+    assert set(lines) == {"digits", "breast_cancer", "breast_cancer_onnx", "tiny_torchscript"}
     assert lines["digits"].startswith("digits v1 [image_classification] input [1, 8, 8] FP32: ")
     assert "grad_cam" in lines["digits"] and "integrated_gradients" in lines["digits"]
     assert lines["breast_cancer"].startswith(
@@ -490,3 +490,48 @@ def test_script_unknown_model_is_a_message_not_a_traceback(
     assert "Traceback" not in done.stderr
     assert "error: the server has no model 'nope'" in done.stderr
     assert not (tmp_path / "never.png").exists()
+
+
+def test_explain_with_an_asynchronous_method_runs_a_job(
+    server: ServerThread, samples: Samples, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kernel_shap is a job: the CLI submits it, prints its progress until it ends, then
+    draws the result like any explanation; `jobs get` reads it again by id."""
+    rows = tmp_path / "rows.npy"
+    np.save(rows, samples.cancer_rows[:2])
+    out_png, out_json = tmp_path / "shap.png", tmp_path / "shap.json"
+    code, out, err = cli(
+        capsys,
+        "explain",
+        "--server",
+        server.address,
+        "--model",
+        "breast_cancer",
+        "--method",
+        "kernel_shap",
+        "--params",
+        '{"n_samples": 128, "seed": 3}',
+        "--request-id",
+        "cli-job-1",
+        "--input",
+        rows,
+        "--out",
+        out_png,
+        "--json",
+        out_json,
+    )
+    assert code == 0, err
+    job_ids = set(re.findall(r"^job ([0-9a-f]{32}): ", out, re.MULTILINE))
+    assert len(job_ids) == 1, out
+    assert re.search(r"^job [0-9a-f]{32}: SUCCEEDED, 100% \(\d+ model evaluations\)$", out, re.M)
+    assert "wrote " + str(out_png) in out
+    assert distinct_colours(open_png(out_png)) > 10
+    numbers = json.loads(out_json.read_text())
+    assert np.array(numbers["attributions"]).shape == (2, 30)
+    assert numbers["seed"] == 3
+
+    code, again, err = cli(capsys, "jobs", "get", job_ids.pop(), "--server", server.address)
+    assert code == 0, err
+    assert "SUCCEEDED" in again
+    code, _, err = cli(capsys, "jobs", "get", "0123abcd", "--server", server.address)
+    assert code == 1 and "NOT_FOUND" in err

@@ -43,7 +43,14 @@ def digit_images(count: int, start: int = 1500) -> np.ndarray:
 class Workers:
     """`sidelight worker` in a subprocess (a supervisor and its children when processes > 1)."""
 
-    def __init__(self, repository: Path, redis_url: str, processes: int, *extra: str) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        redis_url: str,
+        processes: int,
+        *extra: str,
+        name: str = "test-worker",
+    ) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -57,7 +64,7 @@ class Workers:
                 "--processes",
                 str(processes),
                 "--name",
-                "test-worker",
+                name,
                 "--lease-seconds",
                 str(QUEUE.lease_seconds),
                 "--max-deliveries",
@@ -282,3 +289,26 @@ def test_a_stopped_worker_hands_its_job_back(
             wait_for(lambda: state() == pb.JobState.CANCELLED, 30, "the cancellation")
         finally:
             assert second.stop() == 0
+
+
+def test_a_dead_workers_job_is_taken_over_by_another_worker(
+    model_repository: Path, redis_server: RedisServer, redis_job_server: ServerThread
+) -> None:
+    """The killed worker never comes back: once its lease has been idle for lease_seconds,
+    a worker under another name claims the job (XAUTOCLAIM) and finishes it."""
+    with redis_job_server.channel() as channel:
+        stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
+        job = submit(stub, digit_images(2), n_samples=4096, seed=1).job_id
+        state = lambda: stub.GetJob(pb.GetJobRequest(job_id=job), timeout=5).state  # noqa: E731
+        doomed = Workers(model_repository, redis_server.url, 1, name="doomed")
+        wait_for(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")
+        doomed.process.kill()  # -9: no hand-back, no acknowledgement
+        doomed.process.wait(10)
+        heir = Workers(model_repository, redis_server.url, 1, name="heir")
+        try:
+            (finished,) = wait_all(stub, [job], timeout=180)
+        finally:
+            assert heir.stop() == 0
+    assert finished.state == pb.JobState.SUCCEEDED
+    assert finished.deliveries == 2
+    assert redis_job_server.service.jobs.stats().pending == 0

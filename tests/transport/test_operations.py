@@ -62,7 +62,10 @@ def test_metrics_exposition(server: ServerThread, channel: grpc.Channel) -> None
         'task="integrated_gradients"}',
         'sidelight_queue_depth_instances{model="digits"} 0.0',
         'sidelight_rpc_in_flight{rpc="Explain"}',
-        "sidelight_models_loaded 3.0",
+        "sidelight_models_loaded 4.0",
+        'sidelight_model_info{device="cpu",format="onnx",model="breast_cancer_onnx",'
+        'version="1"} 1.0',
+        "sidelight_job_queue_up 1.0",
         'sidelight_model_info{device="cpu",format="torch_export",model="digits",version="1"} 1.0',
         'sidelight_model_info{device="cpu",format="torchscript",model="tiny_torchscript",'
         'version="1"} 1.0',
