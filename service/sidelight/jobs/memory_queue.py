@@ -15,7 +15,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sidelight.errors import InvalidArgument, JobNotFound
-from sidelight.explanations import Explanation
 from sidelight.jobs import payload
 from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats
 from sidelight.jobs.spec import TERMINAL, JobSpec, JobState, JobStatus
@@ -291,21 +290,6 @@ class MemoryJobQueue(JobQueue):
             self._finish(lease.job_id, record, to, error=error, stopped_by=stopped_by)
             self._ack(entry)
             return True
-
-    def succeed(self, lease: Lease, result: Explanation) -> bool:
-        return self._end(
-            lease,
-            JobState.SUCCEEDED,
-            stopped_by=result.quality.stopped_by,
-            evaluations=result.quality.model_evaluations,
-            result=payload.encode_explanation(result),
-        )
-
-    def fail(self, lease: Lease, reason: str, *, dead_letter: bool) -> None:
-        self._end(lease, JobState.FAILED, error=reason, dead_letter=dead_letter)
-
-    def cancelled(self, lease: Lease, evaluations: int) -> None:
-        self._end(lease, JobState.CANCELLED, stopped_by="cancelled", evaluations=evaluations)
 
     def release(self, lease: Lease) -> None:
         with self._lock:

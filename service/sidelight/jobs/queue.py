@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sidelight.explanations import Explanation
+from sidelight.jobs import payload
 from sidelight.jobs.spec import JobSpec, JobState, JobStatus
 from sidelight.settings import QueueSettings
 
@@ -114,18 +115,39 @@ class JobQueue(ABC):
     @abstractmethod
     def progress(self, lease: Lease, fraction: float, evaluations: int) -> None: ...
 
-    @abstractmethod
     def succeed(self, lease: Lease, result: Explanation) -> bool:
         """Store the result, mark SUCCEEDED, acknowledge. False when the job had already
         finished (a duplicate execution): the stored result stands."""
+        return self._end(
+            lease,
+            JobState.SUCCEEDED,
+            stopped_by=result.quality.stopped_by,
+            evaluations=result.quality.model_evaluations,
+            result=payload.encode_explanation(result),
+        )
 
-    @abstractmethod
     def fail(self, lease: Lease, reason: str, *, dead_letter: bool) -> None:
         """Mark FAILED with `reason` (and add a dead letter), acknowledge."""
+        self._end(lease, JobState.FAILED, error=reason, dead_letter=dead_letter)
 
-    @abstractmethod
     def cancelled(self, lease: Lease, evaluations: int) -> None:
         """The worker stopped a job whose cancellation it saw: CANCELLED, acknowledged."""
+        self._end(lease, JobState.CANCELLED, stopped_by="cancelled", evaluations=evaluations)
+
+    @abstractmethod
+    def _end(
+        self,
+        lease: Lease,
+        state: JobState,
+        *,
+        error: str = "",
+        stopped_by: str = "",
+        evaluations: int = 0,
+        dead_letter: bool = False,
+        result: payload.Fields | None = None,
+    ) -> bool:
+        """Finish the job in `state` unless it is finished already, and acknowledge; whether
+        this call finished it."""
 
     @abstractmethod
     def release(self, lease: Lease) -> None:

@@ -34,7 +34,6 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidelight.errors import InvalidArgument, JobNotFound, Unavailable
-from sidelight.explanations import Explanation
 from sidelight.jobs import payload
 from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats
 from sidelight.jobs.spec import JobSpec, JobState, JobStatus
@@ -529,21 +528,6 @@ class RedisJobQueue(JobQueue):
                 )
             )
         return bool(done)
-
-    def succeed(self, lease: Lease, result: Explanation) -> bool:
-        return self._end(
-            lease,
-            JobState.SUCCEEDED,
-            stopped_by=result.quality.stopped_by,
-            evaluations=result.quality.model_evaluations,
-            result=payload.encode_explanation(result),
-        )
-
-    def fail(self, lease: Lease, reason: str, *, dead_letter: bool) -> None:
-        self._end(lease, JobState.FAILED, error=reason, dead_letter=dead_letter)
-
-    def cancelled(self, lease: Lease, evaluations: int) -> None:
-        self._end(lease, JobState.CANCELLED, stopped_by="cancelled", evaluations=evaluations)
 
     def release(self, lease: Lease) -> None:
         idle_ms = int(self.settings.lease_seconds * 1000) * 10

@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from sidelight.errors import ConfigError, InvalidParams
+from sidelight.errors import ConfigError
 from sidelight.methods.base import Attribution, Batch, SeededParams
 from sidelight.methods.perturbation import (
     Evaluator,
@@ -35,6 +35,7 @@ from sidelight.methods.perturbation import (
     feature_draws,
     generator,
     grid_features,
+    require_baseline,
     superpixel_features,
     tabular_features,
     target_scores,
@@ -100,12 +101,7 @@ class Lime(PerturbationMethod[LimeParams]):
             )
 
     def check_params(self, model: Model, params: LimeParams) -> None:
-        if params.baseline is not None and params.baseline not in model.baselines:
-            raise InvalidParams(
-                "params.baseline",
-                f"model {model.name!r} has no baseline {params.baseline!r}; "
-                f"it has {sorted(model.baselines)}",
-            )
+        require_baseline(model, params.baseline)
 
     def run_group(
         self, model: Model, batch: Batch, params: LimeParams, evaluator: Evaluator

@@ -17,7 +17,12 @@ from pydantic import Field
 
 from sidelight.errors import InvalidParams
 from sidelight.methods.base import Attribution, Batch, Params
-from sidelight.methods.perturbation import Evaluator, PerturbationMethod, target_scores
+from sidelight.methods.perturbation import (
+    Evaluator,
+    PerturbationMethod,
+    require_baseline,
+    target_scores,
+)
 from sidelight.models.model import Model
 
 
@@ -71,12 +76,7 @@ class Occlusion(PerturbationMethod[OcclusionParams]):
             raise InvalidParams(
                 "params.window", f"{params.window} is larger than the input ({list(space)})"
             )
-        if params.baseline is not None and params.baseline not in model.baselines:
-            raise InvalidParams(
-                "params.baseline",
-                f"model {model.name!r} has no baseline {params.baseline!r}; "
-                f"it has {sorted(model.baselines)}",
-            )
+        require_baseline(model, params.baseline)
 
     def run_group(
         self, model: Model, batch: Batch, params: OcclusionParams, evaluator: Evaluator

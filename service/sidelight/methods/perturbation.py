@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from sidelight.errors import InvalidParams
 from sidelight.methods.base import Attribution, Batch, Method, Mode, Params
 from sidelight.methods.chunking import concatenate
 from sidelight.models.model import Model
@@ -187,6 +188,15 @@ def generator(batch: Batch) -> torch.Generator:
     rng = torch.Generator(device="cpu")
     rng.manual_seed(int(batch.seeds[0]) if len(batch.seeds) else 0)
     return rng
+
+
+def require_baseline(model: Model, name: str | None) -> None:
+    """InvalidParams("params.baseline") unless `name` is None or one of the model's."""
+    if name is not None and name not in model.baselines:
+        raise InvalidParams(
+            "params.baseline",
+            f"model {model.name!r} has no baseline {name!r}; it has {sorted(model.baselines)}",
+        )
 
 
 def feature_draws(batch: Batch, samples: int, count: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from sidelight.methods.perturbation import (
     Evaluator,
     PerturbationMethod,
     generator,
+    require_baseline,
     target_scores,
 )
 from sidelight.models.config import Task
@@ -86,12 +87,7 @@ class Rise(PerturbationMethod[RiseParams]):
             raise ConfigError("config.yaml", "methods", "rise explains images (C x H x W) only")
 
     def check_params(self, model: Model, params: RiseParams) -> None:
-        if params.baseline is not None and params.baseline not in model.baselines:
-            raise InvalidParams(
-                "params.baseline",
-                f"model {model.name!r} has no baseline {params.baseline!r}; "
-                f"it has {sorted(model.baselines)}",
-            )
+        require_baseline(model, params.baseline)
         height, width = model.input_shape[1:]
         if params.grid is not None and params.grid > min(height, width):
             raise InvalidParams("params.grid", f"{params.grid} cells is more than the image's side")
