@@ -52,7 +52,9 @@ protos: $(INSTALLED)
 	$(BIN)/python protos/generate.py
 
 bench: $(DEMO)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/sync_throughput.py --repository $(REPOSITORY)
+	$(BIN)/python bench/job_throughput.py --repository $(REPOSITORY)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

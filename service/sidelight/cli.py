@@ -171,6 +171,12 @@ def _queue_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--queue-prefix", default=defaults.prefix, help="Redis key prefix")
     parser.add_argument("--job-rows-per-call", type=int, default=JobSettings.max_rows_per_call)
+    parser.add_argument(
+        "--job-call-bytes",
+        type=int,
+        default=JobSettings.max_call_bytes,
+        help="input bytes per model call in a job, at most",
+    )
     parser.add_argument("--job-grace", type=float, default=JobSettings.grace_seconds)
 
 
@@ -194,6 +200,7 @@ def _worker(args: argparse.Namespace) -> int:
         processes=args.processes,
         name=args.name,
         max_rows_per_call=args.job_rows_per_call,
+        max_call_bytes=args.job_call_bytes,
         grace_seconds=args.job_grace,
         host=args.host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
@@ -236,6 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
             queue=_queue_settings(args),
             embedded_workers=args.embedded_workers,
             max_rows_per_call=args.job_rows_per_call,
+            max_call_bytes=args.job_call_bytes,
             grace_seconds=args.job_grace,
         ),
     )

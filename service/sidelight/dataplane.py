@@ -51,9 +51,11 @@ PREDICT = "predict"
 # Params of a job as a whole, taken out before the method's own params are validated.
 DEADLINE_PARAM = "deadline_seconds"
 BUDGET_PARAM = "max_evaluations"
-# WatchJob looks at a job this often (a queue has no push for progress; a poll of a few fields
-# per watcher is cheap next to the job it watches).
-WATCH_POLL_S = 0.1
+# WatchJob polls the job (a queue has no push for progress; a poll reads a few fields): soon
+# after a change, then less and less often while nothing moves, so a short job's end is seen
+# within milliseconds and a long job costs a few reads a second.
+WATCH_POLL_MIN_S = 0.005
+WATCH_POLL_MAX_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -250,15 +252,18 @@ class DataPlane:
         """The job now, then at each change of state or progress, until it ends."""
         queue, job_id = self._queue(), _job_id(job_id)
         seen: tuple[Any, ...] | None = None
+        pause = WATCH_POLL_MIN_S
         while True:
             status = await asyncio.to_thread(queue.status, job_id)
             now = (status.state, status.fraction, status.evaluations, status.deliveries)
             if now != seen:
                 seen = now
+                pause = WATCH_POLL_MIN_S
                 yield status
             if status.terminal:
                 return
-            await asyncio.sleep(WATCH_POLL_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, WATCH_POLL_MAX_S)
 
     @staticmethod
     def _new_predict_group(model: str, version: str, shape: tuple[int, ...]) -> Group:

@@ -65,9 +65,10 @@ class JobSettings:
     redis_url: str | None = None
     queue: QueueSettings = field(default_factory=QueueSettings)
     embedded_workers: int = 1
-    # Rows per model call in a job (perturbed inputs are built a round at a time, so this
-    # also bounds a job's memory: about this many inputs, a few times over).
-    max_rows_per_call: int = 1024
+    # Rows per model call in a job, at most, and input bytes per call, at most (perturbed
+    # inputs are built a round at a time, so these also bound a job's memory).
+    max_rows_per_call: int = 16384
+    max_call_bytes: int = 64 << 20
     # A worker asked to stop lets its job run this long, then hands it back.
     grace_seconds: float = 20.0
 
@@ -90,7 +91,8 @@ class WorkerSettings:
     # Consumer names are "{name}-{index}": stable across restarts of a process, so that a
     # restarted worker first takes back what it held. Default: the host name.
     name: str = ""
-    max_rows_per_call: int = 1024
+    max_rows_per_call: int = 16384
+    max_call_bytes: int = 64 << 20
     grace_seconds: float = 20.0
     host: str = "127.0.0.1"
     metrics_port: int | None = 9096  # None: no /metrics; 0: any free port

@@ -149,7 +149,7 @@ def test_a_worker_killed_mid_job_loses_nothing(
     with redis_job_server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
         jobs = [
-            submit(stub, digit_images(2, 1500 + 2 * k), n_samples=2048, seed=k).job_id
+            submit(stub, digit_images(2, 1500 + 2 * k), n_samples=1024, seed=k).job_id
             for k in range(6)
         ]
         workers = Workers(model_repository, redis_server.url, 2)
@@ -298,7 +298,7 @@ def test_a_dead_workers_job_is_taken_over_by_another_worker(
     a worker under another name claims the job (XAUTOCLAIM) and finishes it."""
     with redis_job_server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
-        job = submit(stub, digit_images(2), n_samples=4096, seed=1).job_id
+        job = submit(stub, digit_images(2), n_samples=1024, seed=1).job_id
         state = lambda: stub.GetJob(pb.GetJobRequest(job_id=job), timeout=5).state  # noqa: E731
         doomed = Workers(model_repository, redis_server.url, 1, name="doomed")
         wait_for(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")

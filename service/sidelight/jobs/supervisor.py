@@ -64,7 +64,12 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
             settings.metrics_port, addr=settings.host, registry=metrics_registry
         )
         log.info("worker metrics on http://%s:%d/metrics", settings.host, server.server_port)
-    runner = JobRunner(registry, device, max_rows=settings.max_rows_per_call)
+    runner = JobRunner(
+        registry,
+        device,
+        max_rows=settings.max_rows_per_call,
+        max_call_bytes=settings.max_call_bytes,
+    )
     worker = Worker(
         queue,
         runner,

@@ -261,6 +261,7 @@ def _job_queue(
             registry,
             device,
             max_rows=config.max_rows_per_call,
+            max_call_bytes=config.max_call_bytes,
             max_instances=settings.max_instances_per_request,
         )
         observe = observe_outcomes(JobMetrics(metrics.registry))
