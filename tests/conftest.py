@@ -19,18 +19,64 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 import yaml
 from sidelight.client import CHANNEL_OPTIONS
 from sidelight.demo.architectures import TabularMlp
-from sidelight.demo.build import build_demo
+from sidelight.demo.build import build_demo, export_program
 from sidelight.methods.catalog import check_model
+from sidelight.models.config import load_config
+from sidelight.models.loaders import load_model
+from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
 from sidelight.settings import BatchingSettings, ServerSettings
 from sidelight.transport.server import Service
+from torch import nn
 
 TINY_FEATURES = 4
+
+
+class LinearProbability(nn.Module):
+    """p(class 1) = 0.5 + w . x, p(class 0) = its complement: linear in the input, so that
+    attributions, surrogates and faithfulness scores have closed forms."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weights", weights.reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = 0.5 + torch.flatten(x, 1) @ self.weights
+        return torch.stack([1 - p, p], 1)
+
+
+def linear_model(
+    root: Path,
+    name: str,
+    weights: torch.Tensor,
+    shape: list[int],
+    methods: list[str],
+    background: np.ndarray | None = None,
+) -> Model:
+    """A LinearProbability exported with torch.export, loaded as the service loads models."""
+    folder = root / name
+    example = torch.zeros(2, *shape)
+    export_program(LinearProbability(weights), example, folder / "1" / "model.pt2")
+    config: dict[str, object] = {
+        "task": "tabular_classification" if len(shape) == 1 else "image_classification",
+        "input": {"shape": shape, "range": [-5.0, 5.0]},
+        "output": "probabilities",
+        "labels": ["no", "yes"],
+        "methods": methods,
+    }
+    if background is not None:
+        np.save(folder / "background.npy", background.astype(np.float32))
+        config["background"] = "background.npy"
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    model = load_model(folder, "1", load_config(folder / "config.yaml"), torch.device("cpu"))
+    check_model(model)
+    return model
 
 
 def write_torchscript_model(folder: Path, *, seed: int = 0) -> None:

@@ -10,63 +10,20 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 from captum.attr import Occlusion as CaptumOcclusion
+from conftest import linear_model
 from method_support import digit_images
-from sidelight.demo.build import export_program
 from sidelight.methods.base import Batch
-from sidelight.methods.catalog import METHODS, check_model, parse_params
+from sidelight.methods.catalog import METHODS, parse_params
 from sidelight.methods.lime import weighted_ridge
 from sidelight.methods.perturbation import generator
 from sidelight.methods.rise import coarse_masks, upsample_masks
-from sidelight.models.config import load_config
-from sidelight.models.loaders import load_model
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
 from sklearn.linear_model import Ridge
-from torch import nn
 
 CPU = torch.device("cpu")
 WEIGHTS = torch.tensor([0.02, -0.03, 0.05, 0.0, 0.01])
-
-
-class LinearProbability(nn.Module):
-    """p(class 1) = 0.5 + w . x, p(class 0) = its complement: linear in the input."""
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("weights", weights.reshape(-1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = 0.5 + torch.flatten(x, 1) @ self.weights
-        return torch.stack([1 - p, p], 1)
-
-
-def linear_model(
-    root: Path,
-    name: str,
-    weights: torch.Tensor,
-    shape: list[int],
-    methods: list[str],
-    background: np.ndarray | None,
-) -> Model:
-    folder = root / name
-    example = torch.zeros(2, *shape)
-    export_program(LinearProbability(weights), example, folder / "1" / "model.pt2")
-    config: dict[str, Any] = {
-        "task": "tabular_classification" if len(shape) == 1 else "image_classification",
-        "input": {"shape": shape, "range": [-5.0, 5.0]},
-        "output": "probabilities",
-        "labels": ["no", "yes"],
-        "methods": methods,
-    }
-    if background is not None:
-        np.save(folder / "background.npy", background.astype(np.float32))
-        config["background"] = "background.npy"
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    model = load_model(folder, "1", load_config(folder / "config.yaml"), CPU)
-    check_model(model)
-    return model
 
 
 @pytest.fixture(scope="module")
