@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-reflection", action="store_true")
     serve.add_argument(
+        "--faithfulness-sample",
+        type=float,
+        default=ServerSettings.faithfulness_sample,
+        help="fraction of explanations scored for faithfulness in the background (0: off)",
+    )
+    serve.add_argument(
         "--redis-url", help="queue jobs on this Redis (default: in-process, embedded workers)"
     )
     serve.add_argument(
@@ -238,6 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
         reflection=not args.no_reflection,
         torch_threads=args.torch_threads,
         retain_freed_memory=not args.release_freed_memory,
+        faithfulness_sample=args.faithfulness_sample,
         jobs=JobSettings(
             redis_url=args.redis_url,
             queue=_queue_settings(args),

@@ -41,6 +41,7 @@ from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_para
 from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry, ModelVersion
+from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
 from sidelight.validation import check_baseline, parse_targets, validate_inputs
 
@@ -119,11 +120,13 @@ class DataPlane:
         scheduler: Scheduler,
         *,
         jobs: JobQueue | None = None,
+        sampler: FaithfulnessSampler | None = None,
         max_instances_per_request: int = 1024,
     ) -> None:
         self._registry = registry
         self._scheduler = scheduler
         self._jobs = jobs
+        self._sampler = sampler
         self._max_instances = max_instances_per_request
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
@@ -190,6 +193,11 @@ class DataPlane:
         result: BatchResult = await self._scheduler.submit(
             group, inputs, targets, seed or 0, request.deadline
         )
+        if self._sampler is not None and result.attributions is not None:
+            # A random draw; when kept, scored later on the sampler's thread.
+            self._sampler.offer(
+                entry.primary, method.name, inputs, result.attributions, result.targets
+            )
         return explanation_of(
             entry.name,
             entry.version,

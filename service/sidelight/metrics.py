@@ -37,6 +37,8 @@ LATENCY_BUCKETS = (
 )
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RATIO_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+UNIT_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 21))
+GAIN_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.25, 0.5)
 
 
 class Metrics:
@@ -119,6 +121,34 @@ class Metrics:
         self.models_loaded = Gauge(
             "sidelight_models_loaded",
             "Model versions loaded and serving (counted once across devices).",
+            registry=registry,
+        )
+        self.faithfulness_auc = Histogram(
+            "sidelight_faithfulness_auc",
+            "Deletion or insertion AUC of sampled explanations (probability of the explained "
+            "class against the fraction of elements removed or inserted, most relevant first).",
+            ["model", "method", "curve"],
+            buckets=UNIT_BUCKETS,
+            registry=registry,
+        )
+        self.faithfulness_gain = Histogram(
+            "sidelight_faithfulness_gain_over_random",
+            "How much better than a random ranking a sampled explanation's curve is: random "
+            "minus deletion AUC, insertion minus random AUC (positive: better than chance).",
+            ["model", "method", "curve"],
+            buckets=GAIN_BUCKETS,
+            registry=registry,
+        )
+        self.faithfulness_scored = Counter(
+            "sidelight_faithfulness_scored_instances_total",
+            "Instances whose explanation was scored by the faithfulness sampler.",
+            ["model", "method"],
+            registry=registry,
+        )
+        self.faithfulness_dropped = Counter(
+            "sidelight_faithfulness_dropped_total",
+            "Explanations drawn for scoring but dropped because the sampler's queue was full.",
+            ["model", "method"],
             registry=registry,
         )
         self.model_info = Gauge(

@@ -124,3 +124,7 @@ class ServerSettings:
     # Keep freed host memory rather than return it to the OS each batch (sidelight.memory).
     retain_freed_memory: bool = True
     jobs: JobSettings = field(default_factory=JobSettings)
+    # Fraction of synchronous explanations scored for faithfulness (deletion/insertion curves
+    # against random rankings) on a background thread; 0 turns the sampler off. Off by
+    # default until its cost under load is measured (issue 4).
+    faithfulness_sample: float = 0.0

@@ -45,6 +45,7 @@ from sidelight.methods.catalog import check_model
 from sidelight.metrics import JobMetrics, Metrics, QueueCollector
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
+from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.settings import ServerSettings
 from sidelight.transport.servicer import ExplainerServicer
 from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
@@ -75,6 +76,7 @@ class Service:
         metrics_server: Any,
         jobs: JobQueue,
         workers: list[tuple[Worker, threading.Thread]],
+        sampler: FaithfulnessSampler | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -86,6 +88,7 @@ class Service:
         self._executors = executors
         self._metrics_server = metrics_server
         self.jobs = jobs
+        self.sampler = sampler
         self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
@@ -122,10 +125,16 @@ class Service:
             for device in devices
         ]
         jobs, workers = _job_queue(settings, registry, devices[0], metrics)
+        sampler = (
+            FaithfulnessSampler(metrics, settings.faithfulness_sample)
+            if settings.faithfulness_sample > 0
+            else None
+        )
         plane = DataPlane(
             registry,
             scheduler,
             jobs=jobs,
+            sampler=sampler,
             max_instances_per_request=settings.max_instances_per_request,
         )
 
@@ -175,6 +184,7 @@ class Service:
             metrics_server,
             jobs,
             workers,
+            sampler,
         )
         if settings.jobs.redis_url is not None:
             service._readiness = asyncio.ensure_future(service._watch_readiness())
@@ -234,6 +244,8 @@ class Service:
             await asyncio.to_thread(executor.join, grace)
         for _worker, thread in self._workers:
             await asyncio.to_thread(thread.join, grace + 5)
+        if self.sampler is not None:
+            await asyncio.to_thread(self.sampler.close, grace)
         self.jobs.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

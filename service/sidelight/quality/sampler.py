@@ -1,0 +1,140 @@
+"""Faithfulness sampled on live traffic, off the hot path.
+
+After an explanation is answered, the data plane offers it here; a configurable fraction is
+kept (a random draw per request) and put on a bounded queue that one background thread drains:
+it scores the explanation with the deletion and insertion curves and their random baselines
+(sidelight.quality.curves) and records them in Prometheus. Nothing of this runs inside the
+request: an offer is a random draw and, when kept, a put that never blocks (a full queue drops
+the sample and counts it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sidelight.metrics import Metrics
+from sidelight.models.model import Model
+from sidelight.quality.curves import Curve, Reference, curve, element_scores, random_curve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Sample:
+    model: Model
+    method: str
+    inputs: torch.Tensor  # N x input shape, CPU
+    attributions: npt.NDArray[np.float32]
+    targets: npt.NDArray[np.int64]
+
+
+class FaithfulnessSampler:
+    def __init__(
+        self,
+        metrics: Metrics,
+        fraction: float,
+        *,
+        steps: int = 16,
+        max_pending: int = 64,
+        max_rows: int = 4096,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("the faithfulness sample fraction must be in [0, 1]")
+        self.fraction = fraction
+        self._metrics = metrics
+        self._steps = steps
+        self._max_rows = max_rows
+        self._draw = random.Random(seed)
+        self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
+        self._thread = threading.Thread(target=self._run, name="faithfulness", daemon=True)
+        self._thread.start()
+
+    def offer(
+        self,
+        model: Model,
+        method: str,
+        inputs: torch.Tensor,
+        attributions: npt.NDArray[np.float32],
+        targets: npt.NDArray[np.int64],
+    ) -> bool:
+        """Keep this explanation for scoring with probability `fraction`; never blocks."""
+        if self.fraction <= 0.0 or self._draw.random() >= self.fraction:
+            return False
+        try:
+            self._queue.put_nowait(_Sample(model, method, inputs, attributions, targets))
+        except queue.Full:
+            self._metrics.faithfulness_dropped.labels(model.name, method).inc()
+            return False
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Score what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def join(self) -> None:
+        """Wait until everything offered so far is scored (for tests and shutdown)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while (sample := self._queue.get()) is not None:
+            try:
+                self._score(sample)
+            except Exception:  # a sample that cannot be scored must not stop the sampler
+                log.exception(
+                    "faithfulness scoring of %s/%s failed", sample.model.name, sample.method
+                )
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _score(self, sample: _Sample) -> None:
+        model = sample.model
+        inputs = sample.inputs.to(model.device)
+        maps = torch.from_numpy(sample.attributions).to(model.device, inputs.dtype)
+        targets = torch.from_numpy(sample.targets).to(model.device)
+        scores = element_scores(maps, inputs)
+        # Images against a blurred copy: with a zero baseline most pixels of a sparse image
+        # are already "deleted", and coarse maps score at chance (docs/quality.md).
+        reference = Reference.BLUR if inputs.dim() == 4 else Reference.BASELINE
+        labels = (model.name, sample.method)
+        for kind in (Curve.DELETION, Curve.INSERTION):
+            found = curve(
+                model,
+                inputs,
+                scores,
+                targets,
+                kind,
+                steps=self._steps,
+                reference=reference,
+                max_rows=self._max_rows,
+            )
+            chance = random_curve(
+                model,
+                inputs,
+                targets,
+                kind,
+                orderings=1,
+                steps=self._steps,
+                reference=reference,
+                max_rows=self._max_rows,
+                seed=self._draw.randrange(1 << 30),
+            )
+            auc = self._metrics.faithfulness_auc.labels(*labels, kind.value)
+            # Positive when the map beats a random ranking: less area for deletion,
+            # more for insertion.
+            sign = -1.0 if kind is Curve.DELETION else 1.0
+            gain = self._metrics.faithfulness_gain.labels(*labels, kind.value)
+            for value, baseline in zip(found.auc.tolist(), chance.auc.tolist(), strict=True):
+                auc.observe(value)
+                gain.observe(sign * (value - baseline))
+        self._metrics.faithfulness_scored.labels(*labels).inc(inputs.shape[0])
