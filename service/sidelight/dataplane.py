@@ -24,7 +24,7 @@ import numpy.typing as npt
 import torch
 
 from sidelight.batching.scheduler import Group, Scheduler
-from sidelight.errors import InvalidArgument, InvalidParams, Unavailable
+from sidelight.errors import InvalidArgument, InvalidParams, InvalidTensor, Unavailable
 from sidelight.explanations import (
     BatchResult,
     Explanation,
@@ -41,6 +41,8 @@ from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_para
 from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry, ModelVersion
+from sidelight.quality.curves import Reference
+from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
 from sidelight.validation import check_baseline, parse_targets, validate_inputs
@@ -78,6 +80,28 @@ class ExplainRequest:
     params: Mapping[str, Any] | None = None
     request_id: str = ""
     deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    model: str
+    inputs: RawTensor
+    attributions: RawTensor
+    model_version: str = ""
+    targets: Sequence[int] = ()
+    metrics: Sequence[str] = ()
+    method: str = ""
+    params: Mapping[str, Any] | None = None
+    steps: int = 0
+    reference: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    scores: FaithfulnessScores
+    targets: npt.NDArray[np.int64]
+    request_id: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +151,7 @@ class DataPlane:
         self._scheduler = scheduler
         self._jobs = jobs
         self._sampler = sampler
+        self._evaluations = asyncio.Semaphore(1)
         self._max_instances = max_instances_per_request
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
@@ -209,6 +234,47 @@ class DataPlane:
             request_id=request.request_id,
             instances=inputs.shape[0],
         )
+
+    async def evaluate(self, request: EvaluateRequest) -> Evaluation:
+        """Faithfulness of given attributions; validated here, computed on a thread (one at a
+        time: an on-demand audit, not a hot path)."""
+        entry = self._registry.get(request.model, request.model_version)
+        model = entry.primary
+        inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        attributions = _attributions(request.attributions, inputs)
+        metrics = _metrics(request.metrics)
+        steps = request.steps or 16
+        if not 1 <= steps <= 256:
+            raise InvalidArgument("steps", f"must be in [1, 256], not {steps}")
+        reference = _reference(request.reference, inputs)
+        method = params = None
+        if "max_sensitivity" in metrics:
+            if not request.method:
+                raise InvalidArgument(
+                    "method", "max_sensitivity re-runs the method: name the method that made them"
+                )
+            method = method_for(model, request.method)
+            if method.mode is Mode.ASYNC:
+                raise InvalidArgument(
+                    "method", f"max_sensitivity re-runs {method.name} many times: not for jobs"
+                )
+            params = parse_params(method, request.params or {})
+            method.check_params(model, params)
+        requested = parse_targets(request.targets, inputs.shape[0], model.num_classes)
+        async with self._evaluations:
+            targets, scores = await asyncio.to_thread(
+                _score,
+                model,
+                inputs,
+                attributions,
+                requested,
+                metrics,
+                steps,
+                reference,
+                method,
+                params,
+            )
+        return Evaluation(scores, targets.numpy(), request.request_id)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -312,6 +378,68 @@ def _method_summary(method: AnyMethod) -> MethodSummary:
         attribution_shape=method.shape.value,
         params_schema=json.dumps(method.params_type.model_json_schema(), sort_keys=True),
     )
+
+
+def _attributions(raw: RawTensor, inputs: torch.Tensor) -> torch.Tensor:
+    array = raw.decode("attributions")
+    shape = tuple(inputs.shape)
+    maps = (shape[0], 1, *shape[2:]) if inputs.dim() == 4 else None
+    if tuple(array.shape) not in (shape, maps):
+        allowed = [list(shape)] + ([list(maps)] if maps else [])
+        raise InvalidTensor("attributions.shape", f"{list(array.shape)}; expected one of {allowed}")
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32))
+    if not bool(torch.isfinite(tensor).all()):
+        raise InvalidTensor("attributions.data", "holds NaN or Inf")
+    return tensor
+
+
+def _metrics(requested: Sequence[str]) -> tuple[str, ...]:
+    for index, name in enumerate(requested):
+        if name not in METRICS:
+            raise InvalidArgument(f"metrics[{index}]", f"unknown {name!r}; one of {list(METRICS)}")
+    return tuple(requested) or DEFAULT_METRICS
+
+
+def _reference(name: str, inputs: torch.Tensor) -> Reference | None:
+    if not name:
+        return None
+    try:
+        reference = Reference(name)
+    except ValueError:
+        known = [r.value for r in Reference]
+        raise InvalidArgument("reference", f"unknown {name!r}; one of {known}") from None
+    if reference is Reference.BLUR and inputs.dim() != 4:
+        raise InvalidArgument("reference", "blur needs images; rows take the model's baseline")
+    return reference
+
+
+def _score(
+    model: Model,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    requested: torch.Tensor,
+    metrics: tuple[str, ...],
+    steps: int,
+    reference: Reference | None,
+    method: AnyMethod | None,
+    params: Params | None,
+) -> tuple[torch.Tensor, FaithfulnessScores]:
+    x = inputs.to(model.device)
+    with torch.no_grad():
+        predicted = model.module(x).argmax(1)
+    targets = torch.where(requested.to(model.device) < 0, predicted, requested.to(model.device))
+    scores = evaluate(
+        model,
+        x,
+        attributions.to(model.device),
+        targets,
+        metrics,
+        steps=steps,
+        reference=reference,
+        method=method,
+        params=params,
+    )
+    return targets.cpu(), scores
 
 
 def _seed(params: SeededParams) -> int:

@@ -41,6 +41,41 @@ def explain_request(message: pb.ExplainRequest, deadline: float | None) -> dp.Ex
     )
 
 
+def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
+    return dp.EvaluateRequest(
+        model=message.model,
+        model_version=message.model_version,
+        inputs=raw_tensor(message.inputs),
+        attributions=raw_tensor(message.attributions),
+        targets=list(message.targets),
+        metrics=list(message.metrics),
+        method=message.method,
+        params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
+        steps=message.steps,
+        reference=message.reference,
+        request_id=message.request_id,
+    )
+
+
+def evaluation_to_proto(evaluation: dp.Evaluation) -> pb.EvaluateResponse:
+    scores = evaluation.scores
+    return pb.EvaluateResponse(
+        faithfulness=pb.Faithfulness(
+            deletion_auc=scores.deletion_auc,
+            insertion_auc=scores.insertion_auc,
+            random_deletion_auc=scores.random_deletion_auc,
+            random_insertion_auc=scores.random_insertion_auc,
+            infidelity=scores.infidelity,
+            max_sensitivity=scores.max_sensitivity,
+            reference=scores.reference,
+            steps=scores.steps,
+        ),
+        targets=evaluation.targets.tolist(),
+        model_evaluations=scores.evaluations,
+        request_id=evaluation.request_id,
+    )
+
+
 def predict_request(message: pb.PredictRequest, deadline: float | None) -> dp.PredictRequest:
     return dp.PredictRequest(
         model=message.model,

@@ -65,6 +65,15 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
         return await self._answer("Explain", request.model, request.method, context, answer)
 
+    async def Evaluate(
+        self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EvaluateResponse:
+        async def answer() -> pb.EvaluateResponse:
+            evaluation = await self._plane.evaluate(codec.evaluate_request(request))
+            return codec.evaluation_to_proto(evaluation)
+
+        return await self._answer("Evaluate", request.model, request.method, context, answer)
+
     async def SubmitJob(
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:

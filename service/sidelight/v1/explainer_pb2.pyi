@@ -179,6 +179,64 @@ class ModelInfo(_message.Message):
     description: str
     def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., latest_version: _Optional[str] = ..., task: _Optional[str] = ..., input: _Optional[_Union[InputSpec, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., output_kind: _Optional[str] = ..., methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., description: _Optional[str] = ...) -> None: ...
 
+class Faithfulness(_message.Message):
+    __slots__ = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "infidelity", "max_sensitivity", "reference", "steps")
+    DELETION_AUC_FIELD_NUMBER: _ClassVar[int]
+    INSERTION_AUC_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_DELETION_AUC_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_INSERTION_AUC_FIELD_NUMBER: _ClassVar[int]
+    INFIDELITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    deletion_auc: _containers.RepeatedScalarFieldContainer[float]
+    insertion_auc: _containers.RepeatedScalarFieldContainer[float]
+    random_deletion_auc: _containers.RepeatedScalarFieldContainer[float]
+    random_insertion_auc: _containers.RepeatedScalarFieldContainer[float]
+    infidelity: _containers.RepeatedScalarFieldContainer[float]
+    max_sensitivity: _containers.RepeatedScalarFieldContainer[float]
+    reference: str
+    steps: int
+    def __init__(self, deletion_auc: _Optional[_Iterable[float]] = ..., insertion_auc: _Optional[_Iterable[float]] = ..., random_deletion_auc: _Optional[_Iterable[float]] = ..., random_insertion_auc: _Optional[_Iterable[float]] = ..., infidelity: _Optional[_Iterable[float]] = ..., max_sensitivity: _Optional[_Iterable[float]] = ..., reference: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("model", "model_version", "inputs", "attributions", "targets", "metrics", "method", "params", "steps", "reference", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    inputs: Tensor
+    attributions: Tensor
+    targets: _containers.RepeatedScalarFieldContainer[int]
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    method: str
+    params: _struct_pb2.Struct
+    steps: int
+    reference: str
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., attributions: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., metrics: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., steps: _Optional[int] = ..., reference: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EvaluateResponse(_message.Message):
+    __slots__ = ("faithfulness", "targets", "model_evaluations", "request_id")
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    faithfulness: Faithfulness
+    targets: _containers.RepeatedScalarFieldContainer[int]
+    model_evaluations: int
+    request_id: str
+    def __init__(self, faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., model_evaluations: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

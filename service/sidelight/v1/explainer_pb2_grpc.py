@@ -69,6 +69,11 @@ class ExplainerStub:
                 request_serializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/sidelight.v1.Explainer/Evaluate',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -127,6 +132,14 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Score given attributions for faithfulness: deletion and insertion curves against random
+        rankings, infidelity, and (given the method that made them) max-sensitivity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.FromString,
                     response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +373,33 @@ class Explainer:
             '/sidelight.v1.Explainer/CancelJob',
             sidelight_dot_v1_dot_explainer__pb2.GetJobRequest.SerializeToString,
             sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/Evaluate',
+            sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.FromString,
             options,
             channel_credentials,
             insecure,
