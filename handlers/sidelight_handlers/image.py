@@ -124,3 +124,33 @@ def superpixels(images: npt.NDArray[Any], method: str, n_segments: int) -> npt.N
         _, contiguous = np.unique(found, return_inverse=True)
         labels.append(contiguous.reshape(found.shape).astype(np.int64))
     return np.stack(labels)
+
+
+def render_grid(
+    rows: Sequence[tuple[str, Sequence[npt.NDArray[Any]]]],
+    columns: Sequence[str],
+    out: Path,
+) -> None:
+    """A grid of heatmaps: one row per method, one column per randomization depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(
+        len(rows), len(columns), figsize=(1.6 * len(columns), 1.7 * len(rows)), squeeze=False
+    )
+    for row, (title, maps) in enumerate(rows):
+        for column, map_ in enumerate(maps):
+            axis = axes[row, column]
+            plane = np.abs(map_).sum(0) if map_.ndim == 3 else np.abs(map_)
+            axis.imshow(heatmap(plane[None]), cmap="inferno", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(columns[column], fontsize=7)
+            if column == 0:
+                axis.set_ylabel(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)

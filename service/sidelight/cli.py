@@ -141,6 +141,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.set_defaults(run=_explain)
 
+    sanity = commands.add_parser(
+        "sanity", help="model-parameter randomization checks of a model's methods"
+    )
+    sanity.add_argument("--model-repository", type=Path, default=Path("var/model-repository"))
+    sanity.add_argument("--model", required=True)
+    sanity.add_argument("--version", default="")
+    sanity.add_argument(
+        "--methods", default="", help="comma-separated (default: every gradient and CAM method)"
+    )
+    sanity.add_argument("--input", type=Path, help="instances to explain (.npy); default: samples")
+    sanity.add_argument("--samples", type=int, default=32, help="instances, when no --input")
+    sanity.add_argument("--mode", choices=["cascading", "independent"], default="cascading")
+    sanity.add_argument("--out", type=Path, default=Path("sanity"), help="folder for JSON and PNG")
+    sanity.add_argument("--seed", type=int, default=0)
+    sanity.set_defaults(run=_sanity)
+
     jobs = commands.add_parser("jobs", help="look at or cancel a job")
     job_commands = jobs.add_subparsers(required=True, metavar="command")
     for name, summary in (
@@ -385,6 +401,96 @@ def _explain(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    """Explain sample inputs with the trained model and at each randomization depth; print a
+    table, write JSON and a PNG grid; exit 1 when a method the config holds to its threshold
+    still resembles the trained model's maps after full randomization."""
+    import torch
+    from sidelight_handlers.image import render_grid
+
+    from sidelight.methods.base import Mode
+    from sidelight.methods.catalog import METHODS, check_model, method_for, parse_params
+    from sidelight.models.registry import ModelRegistry
+    from sidelight.quality.sanity import randomization_test
+
+    registry = ModelRegistry.load(args.model_repository, [torch.device("cpu")], check_model)
+    entry = registry.get(args.model, args.version)
+    model = entry.primary
+    if args.methods:
+        names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    else:
+        names = [m for m in model.config.methods if METHODS[m].mode is Mode.SYNC]
+    inputs = _sanity_inputs(args, model)
+    config = model.config.sanity
+    held = set(config.methods or names)
+    args.out.mkdir(parents=True, exist_ok=True)
+    reports, failed = [], []
+    print(
+        f"{args.mode} randomization of {model.name} v{entry.version}, {inputs.shape[0]} inputs; "
+        f"mean Spearman against the trained model's maps"
+    )
+    header = ("method", "depth", "rho", "|rho|", "rho nz", "|rho| nz", "SSIM")
+    print("{:22s} {:24s} {:>7s} {:>7s} {:>7s} {:>8s} {:>6s}".format(*header))
+    for name in names:
+        method = method_for(model, name)
+        params = parse_params(method, {})
+        report = randomization_test(model, method, params, inputs, mode=args.mode, seed=args.seed)
+        reports.append(report)
+        for row in report.rows:
+            ssim = "" if row.ssim is None else f"{row.ssim:6.3f}"
+            print(
+                f"{name:22s} {row.depth:24s} {row.spearman:7.3f} {row.spearman_abs:7.3f} "
+                f"{row.spearman_nonzero:7.3f} {row.spearman_abs_nonzero:8.3f} {ssim:>6s}"
+            )
+        last = report.rows[-1]
+        final = last.spearman_abs_nonzero if config.over == "nonzero" else last.spearman_abs
+        if args.mode == "cascading" and name in held and final > config.max_spearman_abs:
+            failed.append(f"{name} ({final:.3f} > {config.max_spearman_abs}, {config.over})")
+    stem = f"sanity-{model.name}-{args.mode}"
+    (args.out / f"{stem}.json").write_text(
+        json.dumps(
+            {
+                "model": model.name,
+                "version": entry.version,
+                "mode": args.mode,
+                "instances": int(inputs.shape[0]),
+                "threshold": config.max_spearman_abs,
+                "threshold_over": config.over,
+                "methods": {
+                    r.method: {"layers": r.layers, "rows": [vars(row) for row in r.rows]}
+                    for r in reports
+                },
+                "failed": failed,
+            },
+            indent=1,
+        )
+    )
+    if reports:
+        columns = ["trained", *reports[0].layers]
+        render_grid([(r.method, r.maps) for r in reports], columns, args.out / f"{stem}.png")
+    print(f"wrote {args.out / stem}.json and .png")
+    if failed:
+        print(f"FAILED the sanity threshold: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sanity_inputs(args: argparse.Namespace, model: Any) -> Any:
+    import torch
+
+    if args.input is not None:
+        array = np.load(args.input, allow_pickle=False).astype(np.float32)
+        return torch.from_numpy(array[None] if array.ndim == len(model.input_shape) else array)
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    if model.input_shape == (1, 8, 8):
+        images = load_digits().images[-args.samples :] / 16.0
+        return torch.from_numpy(images.astype(np.float32)[:, None])
+    if model.input_shape == (30,):
+        return torch.from_numpy(load_breast_cancer().data[-args.samples :].astype(np.float32))
+    raise ValueError(f"model {model.name!r}: give --input (a .npy of instances)")
 
 
 def _describe(job: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ServerThread
 from PIL import Image
 from sidelight.cli import main
@@ -535,3 +537,30 @@ def test_explain_with_an_asynchronous_method_runs_a_job(
     assert "SUCCEEDED" in again
     code, _, err = cli(capsys, "jobs", "get", "0123abcd", "--server", server.address)
     assert code == 1 and "NOT_FOUND" in err
+
+
+def test_sanity_prints_a_table_writes_json_and_png_and_fails_what_the_config_forbids(
+    model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sidelight sanity` on digits: saliency and Grad-CAM pass the default threshold; with
+    the threshold the config sets at 0.3, Guided Backprop (the paper's insensitive method)
+    fails it and the command exits 1."""
+    argv = ["sanity", "--model-repository", model_repository, "--model", "digits", "--samples", 16]
+    code, out, err = cli(capsys, *argv, "--methods", "saliency,grad_cam", "--out", tmp_path / "ok")
+    assert code == 0, err
+    assert re.search(r"^saliency\s+features_0_conv2d\s+-?\d\.\d{3}", out, re.M), out
+    report = json.loads((tmp_path / "ok" / "sanity-digits-cascading.json").read_text())
+    assert set(report["methods"]) == {"saliency", "grad_cam"} and report["failed"] == []
+    assert distinct_colours(open_png(tmp_path / "ok" / "sanity-digits-cascading.png")) > 10
+
+    strict = tmp_path / "repository"
+    shutil.copytree(model_repository / "digits", strict / "digits")
+    config = yaml.safe_load((strict / "digits" / "config.yaml").read_text())
+    config["sanity"] = {"max_spearman_abs": 0.3}
+    (strict / "digits" / "config.yaml").write_text(yaml.safe_dump(config))
+    argv[2] = strict
+    code, out, err = cli(
+        capsys, *argv, "--methods", "saliency,guided_backprop", "--out", tmp_path / "no"
+    )
+    assert code == 1
+    assert "guided_backprop" in err and "saliency" not in err

@@ -91,6 +91,19 @@ class BaselineConfig(_Strict):
         return self
 
 
+class SanityConfig(_Strict):
+    """What `sidelight sanity` holds this model's methods to."""
+
+    # After full cascading randomization, a method's maps must differ from the trained
+    # model's: mean Spearman of |attributions| at most this (Adebayo et al. 2018) ...
+    max_spearman_abs: float = Field(default=0.5, ge=-1.0, le=1.0)
+    # ... over the elements where the input is non-zero (a map multiplied by the input keeps
+    # the input's zeros whatever the weights), or over all of them.
+    over: Literal["nonzero", "all"] = "nonzero"
+    # The methods held to it (default: every method the model offers that the check runs).
+    methods: list[str] | None = None
+
+
 class ModelConfig(_Strict):
     description: str = ""
     task: Task
@@ -105,6 +118,7 @@ class ModelConfig(_Strict):
     # Rows of training data (.npy, K x input shape, no pickle): the reference distribution of
     # kernel_shap / exact_shapley and the sampling statistics of tabular LIME.
     background: str | None = None
+    sanity: SanityConfig = Field(default_factory=SanityConfig)
     methods: Annotated[list[str], Field(min_length=1)]
 
     @field_validator("default_baseline")
