@@ -32,7 +32,9 @@ def rows() -> torch.Tensor:
 def test_the_gradient_of_a_linear_model_has_zero_infidelity(linear: Model) -> None:
     """I . w - (f(x) - f(x - I)) = I . w - w . I = 0 for every perturbation."""
     x = rows()
-    found = infidelity(linear, x, WEIGHTS.expand(2, -1), torch.tensor([1, 1]), sigma=0.5)
+    found = infidelity(
+        linear, x, WEIGHTS.expand(2, -1), torch.tensor([1, 1]), sigma=0.5, normalize=False
+    )
     assert float(found.abs().max()) < 1e-10
 
 
@@ -40,11 +42,15 @@ def test_a_doubled_map_has_the_noise_variance_times_its_excess(linear: Model) ->
     """With attr = 2w the residual is I . w: its mean square tends to sigma^2 |w|^2."""
     x = rows()
     sigma = 0.5
+    doubled = 2 * WEIGHTS.expand(2, -1)
     found = infidelity(
-        linear, x, 2 * WEIGHTS.expand(2, -1), torch.tensor([1, 1]), sigma=sigma, samples=4000
+        linear, x, doubled, torch.tensor([1, 1]), sigma=sigma, samples=4000, normalize=False
     )
     expected = sigma**2 * float((WEIGHTS**2).sum())
     np.testing.assert_allclose(found.numpy(), expected, rtol=0.1)
+    # Normalised (the default), the map is rescaled by its best factor (1/2): scale is moot.
+    rescaled = infidelity(linear, x, doubled, torch.tensor([1, 1]), sigma=sigma, samples=64)
+    assert float(rescaled.abs().max()) < 1e-8
 
 
 def test_a_constant_explanation_has_zero_sensitivity(linear: Model) -> None:

@@ -274,6 +274,29 @@ def build_resnet18(out: Path, samples: Path | None, *, seed: int = 0) -> DemoRep
     return DemoReport("resnet18", None, folder)
 
 
+def held_out_inputs(name: str, seed: int = 0) -> np.ndarray:
+    """The held-out split the demo model `name` was evaluated on (the same split as its build)."""
+    if name == "digits":
+        data = load_digits()
+        images = (data.images / 16.0).astype(np.float32)[:, None]
+        split = train_test_split(
+            images, data.target, test_size=0.2, random_state=seed, stratify=data.target
+        )
+    elif name in ("breast_cancer", "breast_cancer_onnx"):
+        cancer = load_breast_cancer()
+        split = train_test_split(
+            cancer.data.astype(np.float32),
+            cancer.target,
+            test_size=0.2,
+            random_state=seed,
+            stratify=cancer.target,
+        )
+    else:
+        raise ValueError(f"{name!r} has no held-out data (it is not trained)")
+    held: np.ndarray = split[1]
+    return held
+
+
 def _require(accuracy: float, name: str) -> None:
     if accuracy < MIN_ACCURACY:
         raise RuntimeError(f"{name}: held-out accuracy {accuracy:.3f} < {MIN_ACCURACY}")

@@ -24,12 +24,21 @@ from sidelight.methods.catalog import AnyMethod
 from sidelight.models.model import Model
 
 
-def _noise_scale(model: Model, inputs: torch.Tensor) -> float:
-    """A tenth of the input's declared range, else of the batch's spread."""
+def _noise_scale(model: Model, inputs: torch.Tensor) -> torch.Tensor | float:
+    """A tenth of each feature's spread in the background data (tabular features differ by
+    orders of magnitude), else a tenth of the input's declared range, else of the batch's."""
+    if model.background is not None and inputs.dim() == 2:
+        std = model.background.std.to(inputs.device, inputs.dtype)
+        return 0.1 * torch.where(std > 0, std, torch.ones_like(std))
     span = model.config.input.range
     if span is not None and span[1] - span[0] < 1e6:
         return 0.1 * float(span[1] - span[0])
     return 0.1 * float(inputs.std()) if inputs.numel() > 1 else 0.1
+
+
+def _noise_scale_scalar(model: Model, inputs: torch.Tensor) -> float:
+    scale = _noise_scale(model, inputs)
+    return float(scale.mean()) if isinstance(scale, torch.Tensor) else scale
 
 
 def infidelity(
@@ -42,9 +51,12 @@ def infidelity(
     sigma: float | None = None,
     seed: int = 0,
     max_rows: int = 4096,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """N infidelity scores of input-shaped attributions (maps of one channel are broadcast
-    over the channels, as a pixel's relevance)."""
+    over the channels, as a pixel's relevance). `normalize` rescales each map by the factor
+    that minimises its infidelity (Yeh et al.'s comparison across methods, whose maps come in
+    different units); without it the score depends on the map's scale."""
     scale = _noise_scale(model, inputs) if sigma is None else sigma
     rng = torch.Generator(device="cpu").manual_seed(seed)
     if attributions.shape != inputs.shape:
@@ -53,7 +65,7 @@ def infidelity(
     def perturb(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(x, tuple):
             x = x[0]
-        noise = (torch.randn(x.shape, generator=rng) * scale).to(x.device, x.dtype)
+        noise = torch.randn(x.shape, generator=rng).to(x.device, x.dtype) * scale
         return noise, x - noise
 
     def probability(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -76,6 +88,7 @@ def infidelity(
                 n_perturb_samples=samples,
                 # Captum's rule: at least the batch, at most batch x samples rows per call.
                 max_examples_per_batch=(stop - start) * samples,
+                normalize=normalize,
             )
         )
     return torch.cat(parts).double()
@@ -94,7 +107,7 @@ def max_sensitivity(
     max_rows: int = 4096,
 ) -> torch.Tensor:
     """N max-sensitivity scores of `method` with `params`, at fixed targets."""
-    scale = _noise_scale(model, inputs) * 0.2 if radius is None else radius
+    scale = float(_noise_scale_scalar(model, inputs)) * 0.2 if radius is None else radius
     rng = torch.Generator(device="cpu").manual_seed(seed)
 
     def perturb(x: torch.Tensor, r: float) -> torch.Tensor:
