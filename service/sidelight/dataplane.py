@@ -54,6 +54,7 @@ PREDICT = "predict"
 # Params of a job as a whole, taken out before the method's own params are validated.
 DEADLINE_PARAM = "deadline_seconds"
 BUDGET_PARAM = "max_evaluations"
+EVALUATE_PARAM = "evaluate"  # faithfulness figures to compute for the job's result
 # WatchJob polls the job (a queue has no push for progress; a poll reads a few fields): soon
 # after a change, then less and less often while nothing moves, so a short job's end is seen
 # within milliseconds and a long job costs a few reads a second.
@@ -292,6 +293,7 @@ class DataPlane:
         raw = dict(request.params or {})
         deadline_s = _positive_number(raw.pop(DEADLINE_PARAM, None), DEADLINE_PARAM)
         budget = _positive_int(raw.pop(BUDGET_PARAM, None), BUDGET_PARAM)
+        evaluate = _job_metrics(raw.pop(EVALUATE_PARAM, None))
         params = parse_params(method, raw)
         method.check_params(entry.primary, params)
         check_baseline(entry, params)
@@ -313,6 +315,7 @@ class DataPlane:
             max_evaluations=budget,
             submitted_at=now,
             digest=_request_digest(request),
+            evaluate=evaluate,
         )
         return await asyncio.to_thread(queue.submit, spec)
 
@@ -398,6 +401,25 @@ def _metrics(requested: Sequence[str]) -> tuple[str, ...]:
         if name not in METRICS:
             raise InvalidArgument(f"metrics[{index}]", f"unknown {name!r}; one of {list(METRICS)}")
     return tuple(requested) or DEFAULT_METRICS
+
+
+def _job_metrics(value: Any) -> tuple[str, ...]:
+    """params.evaluate of a job: true (the default figures), or a list of figure names."""
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return DEFAULT_METRICS
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParams(
+            f"params.{EVALUATE_PARAM}", f"true, or a list of {list(METRICS)}; not {value!r}"
+        )
+    for index, name in enumerate(value):
+        if name not in METRICS or name == "max_sensitivity":
+            allowed = [m for m in METRICS if m != "max_sensitivity"]
+            raise InvalidParams(
+                f"params.{EVALUATE_PARAM}[{index}]", f"unknown {name!r}; one of {allowed}"
+            )
+    return tuple(value)
 
 
 def _reference(name: str, inputs: torch.Tensor) -> Reference | None:

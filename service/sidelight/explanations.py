@@ -18,6 +18,7 @@ from sidelight.methods.base import Attribution, AttributionShape, Batch, Params
 from sidelight.methods.catalog import AnyMethod
 from sidelight.methods.chunking import Measure, run_chunked, unmeasured
 from sidelight.models.model import Model
+from sidelight.quality.evaluate import FaithfulnessScores
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Quality:
     stopped_by: str = ""
     # Per instance: the surrogate's weighted R² on its samples (LIME's local fidelity).
     local_fidelity: list[float] = field(default_factory=list)
+    # Faithfulness figures computed for this explanation (a job's "evaluate" param).
+    faithfulness: FaithfulnessScores | None = None
 
 
 @dataclass(frozen=True)

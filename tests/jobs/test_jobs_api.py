@@ -285,3 +285,21 @@ def test_job_metrics_are_exported(stub: pb_grpc.ExplainerStub, job_server: Serve
     assert (
         samples['sidelight_job_model_evaluations_count{method="lime",model="breast_cancer"}'] >= 1
     )
+
+
+def test_a_job_can_carry_its_faithfulness(stub: pb_grpc.ExplainerStub) -> None:
+    images = digit_images(4)
+    params = {"n_samples": 256, "seed": 5, "evaluate": ["deletion", "insertion"]}
+    done = wait(stub, submit(stub, "digits", images, "kernel_shap", params=params).job_id)
+    assert done.state == pb.JobState.SUCCEEDED, done.error
+    faithfulness = done.result.quality.faithfulness
+    assert len(faithfulness.deletion_auc) == len(faithfulness.random_insertion_auc) == 4
+    assert faithfulness.reference == "blur" and not faithfulness.infidelity
+    assert np.mean(faithfulness.deletion_auc) < np.mean(faithfulness.random_deletion_auc)
+    plain = wait(
+        stub, submit(stub, "digits", images, "kernel_shap", params={"n_samples": 64}).job_id
+    )
+    assert not plain.result.quality.HasField("faithfulness")
+    with pytest.raises(grpc.RpcError) as refused:
+        submit(stub, "digits", images, "kernel_shap", params={"evaluate": ["accuracy"]})
+    assert refused.value.details().startswith("params.evaluate[0]")

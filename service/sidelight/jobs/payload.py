@@ -10,6 +10,7 @@ behave alike down to what survives a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from sidelight.explanations import Explanation, Quality
 from sidelight.jobs.spec import JobSpec, JobState, JobStatus
+from sidelight.quality.evaluate import FaithfulnessScores
 from sidelight.tensors import RawTensor
 
 Fields = dict[str, bytes]
@@ -54,6 +56,7 @@ def encode_spec(spec: JobSpec) -> Fields:
         "max_evaluations": spec.max_evaluations,
         "submitted_at": spec.submitted_at,
         "digest": spec.digest,
+        "evaluate": list(spec.evaluate),
         "dtype": spec.inputs.dtype,
         "shape": list(spec.inputs.shape),
     }
@@ -75,6 +78,7 @@ def decode_spec(fields: Mapping[str, bytes]) -> JobSpec:
         max_evaluations=header["max_evaluations"],
         submitted_at=header["submitted_at"],
         digest=header["digest"],
+        evaluate=tuple(header.get("evaluate", ())),
     )
 
 
@@ -138,6 +142,9 @@ def encode_explanation(explanation: Explanation) -> Fields:
             "baseline_digest": quality.baseline_digest,
             "stopped_by": quality.stopped_by,
             "local_fidelity": quality.local_fidelity,
+            "faithfulness": (
+                dataclasses.asdict(quality.faithfulness) if quality.faithfulness else None
+            ),
         },
         "arrays": arrays,
     }
@@ -176,6 +183,11 @@ def decode_explanation(fields: Mapping[str, bytes]) -> Explanation:
             baseline_digest=quality["baseline_digest"],
             stopped_by=quality["stopped_by"],
             local_fidelity=quality["local_fidelity"],
+            faithfulness=(
+                FaithfulnessScores(**quality["faithfulness"])
+                if quality.get("faithfulness")
+                else None
+            ),
         ),
         request_id=header["request_id"],
     )

@@ -3,6 +3,7 @@ the job's control (deadline, budget, cancellation) over every model call."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from sidelight.methods.catalog import method_for, parse_params
 from sidelight.methods.chunking import run_chunked
 from sidelight.methods.perturbation import Control, Evaluator, PerturbationMethod
 from sidelight.models.registry import ModelRegistry
+from sidelight.quality.evaluate import evaluate
 from sidelight.validation import parse_targets, validate_inputs
 
 
@@ -54,7 +56,7 @@ class JobRunner:
             evaluations = attribution.evaluations_per_instance * len(batch)
             control.progress(1.0, evaluations)
         result = summarize(method, model, attribution)
-        return explanation_of(
+        explanation = explanation_of(
             entry.name,
             entry.version,
             method,
@@ -65,6 +67,18 @@ class JobRunner:
             request_id=spec.request_id,
             instances=inputs.shape[0],
         )
+        if not spec.evaluate or attribution.stopped_by in ("cancelled", "lost", "shutdown"):
+            return explanation
+        scores = evaluate(
+            model,
+            inputs,
+            attribution.attributions.float(),
+            attribution.targets,
+            spec.evaluate,
+            max_rows=max_rows,
+        )
+        quality = dataclasses.replace(explanation.quality, faithfulness=scores)
+        return dataclasses.replace(explanation, quality=quality)
 
     def rows_per_call(self, inputs: torch.Tensor) -> int:
         """On breast_cancer (120 bytes a row) kernel_shap ran 105 inst/s at 256 rows a call,

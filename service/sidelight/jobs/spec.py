@@ -54,6 +54,8 @@ class JobSpec:
     submitted_at: float = 0.0
     # SHA-256 of what the client sent: a request_id reused for a different request is refused.
     digest: str = ""
+    # Faithfulness figures to compute for the result (sidelight.quality.evaluate.METRICS).
+    evaluate: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

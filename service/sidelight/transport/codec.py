@@ -12,6 +12,7 @@ from sidelight import dataplane as dp
 from sidelight import tensors
 from sidelight.explanations import Explanation
 from sidelight.jobs.spec import JobStatus
+from sidelight.quality.evaluate import FaithfulnessScores
 from sidelight.v1 import explainer_pb2 as pb
 
 
@@ -57,19 +58,23 @@ def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
     )
 
 
+def faithfulness_to_proto(scores: FaithfulnessScores) -> pb.Faithfulness:
+    return pb.Faithfulness(
+        deletion_auc=scores.deletion_auc,
+        insertion_auc=scores.insertion_auc,
+        random_deletion_auc=scores.random_deletion_auc,
+        random_insertion_auc=scores.random_insertion_auc,
+        infidelity=scores.infidelity,
+        max_sensitivity=scores.max_sensitivity,
+        reference=scores.reference,
+        steps=scores.steps,
+    )
+
+
 def evaluation_to_proto(evaluation: dp.Evaluation) -> pb.EvaluateResponse:
     scores = evaluation.scores
     return pb.EvaluateResponse(
-        faithfulness=pb.Faithfulness(
-            deletion_auc=scores.deletion_auc,
-            insertion_auc=scores.insertion_auc,
-            random_deletion_auc=scores.random_deletion_auc,
-            random_insertion_auc=scores.random_insertion_auc,
-            infidelity=scores.infidelity,
-            max_sensitivity=scores.max_sensitivity,
-            reference=scores.reference,
-            steps=scores.steps,
-        ),
+        faithfulness=faithfulness_to_proto(scores),
         targets=evaluation.targets.tolist(),
         model_evaluations=scores.evaluations,
         request_id=evaluation.request_id,
@@ -102,6 +107,9 @@ def explanation_to_proto(explanation: Explanation) -> pb.ExplainResponse:
             partial=bool(quality.stopped_by),
             stopped_by=quality.stopped_by,
             local_fidelity=quality.local_fidelity,
+            faithfulness=(
+                faithfulness_to_proto(quality.faithfulness) if quality.faithfulness else None
+            ),
         ),
         model=explanation.model,
         model_version=explanation.model_version,

@@ -54,7 +54,7 @@ class ExplainRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., targets: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Quality(_message.Message):
-    __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest", "partial", "stopped_by", "local_fidelity")
+    __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest", "partial", "stopped_by", "local_fidelity", "faithfulness")
     COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
     RELATIVE_COMPLETENESS_ERROR_FIELD_NUMBER: _ClassVar[int]
     MODEL_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class Quality(_message.Message):
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     STOPPED_BY_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
     completeness_error: _containers.RepeatedScalarFieldContainer[float]
     relative_completeness_error: _containers.RepeatedScalarFieldContainer[float]
     model_evaluations: int
@@ -71,7 +72,8 @@ class Quality(_message.Message):
     partial: bool
     stopped_by: str
     local_fidelity: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, completeness_error: _Optional[_Iterable[float]] = ..., relative_completeness_error: _Optional[_Iterable[float]] = ..., model_evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., baseline_digest: _Optional[str] = ..., partial: _Optional[bool] = ..., stopped_by: _Optional[str] = ..., local_fidelity: _Optional[_Iterable[float]] = ...) -> None: ...
+    faithfulness: Faithfulness
+    def __init__(self, completeness_error: _Optional[_Iterable[float]] = ..., relative_completeness_error: _Optional[_Iterable[float]] = ..., model_evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., baseline_digest: _Optional[str] = ..., partial: _Optional[bool] = ..., stopped_by: _Optional[str] = ..., local_fidelity: _Optional[_Iterable[float]] = ..., faithfulness: _Optional[_Union[Faithfulness, _Mapping]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("explanation_id", "outputs", "targets", "attributions", "quality", "model", "model_version", "method", "request_id")
