@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     sanity.add_argument("--mode", choices=["cascading", "independent"], default="cascading")
     sanity.add_argument("--out", type=Path, default=Path("sanity"), help="folder for JSON and PNG")
     sanity.add_argument("--seed", type=int, default=0)
+    sanity.add_argument(
+        "--data-randomization",
+        action="store_true",
+        help="also compare with the demo digits network retrained on permuted labels",
+    )
     sanity.set_defaults(run=_sanity)
 
     report = commands.add_parser(
@@ -423,11 +428,12 @@ def _sanity(args: argparse.Namespace) -> int:
     from sidelight.methods.base import Mode
     from sidelight.methods.catalog import METHODS, check_model, method_for, parse_params
     from sidelight.models.registry import ModelRegistry
-    from sidelight.quality.sanity import randomization_test
+    from sidelight.quality.sanity import model_comparison, randomization_test
 
     registry = ModelRegistry.load(args.model_repository, [torch.device("cpu")], check_model)
     entry = registry.get(args.model, args.version)
     model = entry.primary
+    permuted = _permuted_labels_model(args, model) if args.data_randomization else None
     if args.methods:
         names = [name.strip() for name in args.methods.split(",") if name.strip()]
     else:
@@ -447,6 +453,12 @@ def _sanity(args: argparse.Namespace) -> int:
         method = method_for(model, name)
         params = parse_params(method, {})
         report = randomization_test(model, method, params, inputs, mode=args.mode, seed=args.seed)
+        if permuted is not None:
+            row, example = model_comparison(
+                model, permuted, method, params, inputs, "permuted labels"
+            )
+            report.rows.append(row)
+            report.maps.append(example)
         reports.append(report)
         for row in report.rows:
             ssim = "" if row.ssim is None else f"{row.ssim:6.3f}"
@@ -454,7 +466,7 @@ def _sanity(args: argparse.Namespace) -> int:
                 f"{name:22s} {row.depth:24s} {row.spearman:7.3f} {row.spearman_abs:7.3f} "
                 f"{row.spearman_nonzero:7.3f} {row.spearman_abs_nonzero:8.3f} {ssim:>6s}"
             )
-        last = report.rows[-1]
+        last = report.rows[len(report.layers)]  # full cascading randomization
         final = last.spearman_abs_nonzero if config.over == "nonzero" else last.spearman_abs
         if args.mode == "cascading" and name in held and final > config.max_spearman_abs:
             failed.append(f"{name} ({final:.3f} > {config.max_spearman_abs}, {config.over})")
@@ -478,13 +490,38 @@ def _sanity(args: argparse.Namespace) -> int:
         )
     )
     if reports:
-        columns = ["trained", *reports[0].layers]
+        columns = ["trained", *reports[0].layers] + (["permuted labels"] if permuted else [])
         render_grid([(r.method, r.maps) for r in reports], columns, args.out / f"{stem}.png")
     print(f"wrote {args.out / stem}.json and .png")
     if failed:
         print(f"FAILED the sanity threshold: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _permuted_labels_model(args: argparse.Namespace, model: Any) -> Any:
+    """The demo digits network retrained on permuted labels, exported and loaded as the
+    service loads models (same config)."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from sidelight.demo.build import export_program, train_digits
+    from sidelight.models.config import load_config
+    from sidelight.models.loaders import load_model
+
+    if model.name != "digits" or model.input_shape != (1, 8, 8):
+        raise ValueError("--data-randomization retrains the demo digits model only")
+    network, _x_train, x_test, _y_test = train_digits(args.seed, permute_labels=True)
+    folder = Path(tempfile.mkdtemp(prefix="sidelight-permuted-")) / "digits"
+    export_program(network, torch.from_numpy(x_test[:2]), folder / "1" / "model.pt2")
+    shutil.copyfile(args.model_repository / "digits" / "config.yaml", folder / "config.yaml")
+    for extra in ("background.npy",):
+        source = args.model_repository / "digits" / extra
+        if source.exists():
+            shutil.copyfile(source, folder / extra)
+    return load_model(folder, "1", load_config(folder / "config.yaml"), torch.device("cpu"))
 
 
 def _sanity_inputs(args: argparse.Namespace, model: Any) -> Any:

@@ -546,9 +546,20 @@ def test_sanity_prints_a_table_writes_json_and_png_and_fails_what_the_config_for
     the threshold the config sets at 0.3, Guided Backprop (the paper's insensitive method)
     fails it and the command exits 1."""
     argv = ["sanity", "--model-repository", model_repository, "--model", "digits", "--samples", 16]
-    code, out, err = cli(capsys, *argv, "--methods", "saliency,grad_cam", "--out", tmp_path / "ok")
+    code, out, err = cli(
+        capsys,
+        *argv,
+        "--methods",
+        "saliency,grad_cam",
+        "--data-randomization",
+        "--out",
+        tmp_path / "ok",
+    )
     assert code == 0, err
     assert re.search(r"^saliency\s+features_0_conv2d\s+-?\d\.\d{3}", out, re.M), out
+    # The network retrained on permuted labels explains differently (Adebayo et al. 2018).
+    permuted = re.search(r"^saliency\s+permuted labels\s+(-?\d\.\d{3})\s+(-?\d\.\d{3})", out, re.M)
+    assert permuted is not None and float(permuted.group(2)) < 0.5, out
     report = json.loads((tmp_path / "ok" / "sanity-digits-cascading.json").read_text())
     assert set(report["methods"]) == {"saliency", "grad_cam"} and report["failed"] == []
     assert distinct_colours(open_png(tmp_path / "ok" / "sanity-digits-cascading.png")) > 10

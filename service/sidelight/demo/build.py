@@ -119,13 +119,20 @@ def _write_config(folder: Path, config: dict[str, Any]) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, width=100))
 
 
-def build_digits(out: Path, samples: Path | None, *, seed: int = 0) -> DemoReport:
+def train_digits(
+    seed: int = 0, *, permute_labels: bool = False
+) -> tuple[DigitsCnn, np.ndarray, np.ndarray, np.ndarray]:
+    """The digits CNN trained as the demo build trains it: (model, x_train, x_test, y_test).
+    `permute_labels`: on labels shuffled across the training images (the data-randomization
+    test of Adebayo et al. 2018: the network can only memorise)."""
     torch.manual_seed(seed)
     data = load_digits()
     images = (data.images / 16.0).astype(np.float32)[:, None]  # N x 1 x 8 x 8 in [0, 1]
     x_train, x_test, y_train, y_test = train_test_split(
         images, data.target, test_size=0.2, random_state=seed, stratify=data.target
     )
+    if permute_labels:
+        y_train = np.random.default_rng(seed).permutation(y_train)
     model = DigitsCnn()
     _train(
         model,
@@ -140,6 +147,11 @@ def build_digits(out: Path, samples: Path | None, *, seed: int = 0) -> DemoRepor
         # it, the baseline means "no evidence" as the methods assume.
         neutral=torch.zeros(1, 1, 8, 8),
     )
+    return model, x_train, x_test, y_test
+
+
+def build_digits(out: Path, samples: Path | None, *, seed: int = 0) -> DemoReport:
+    model, x_train, x_test, y_test = train_digits(seed)
     accuracy = _accuracy(model, torch.from_numpy(x_test), torch.from_numpy(y_test))
     _require(accuracy, "digits")
     folder = out / "digits"

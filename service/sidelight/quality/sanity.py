@@ -192,3 +192,25 @@ def randomization_test(
         report.rows.append(_compare(layer, base, other, nonzero, image))
         report.maps.append(other[0])
     return report
+
+
+def model_comparison(
+    model: Model,
+    other: Model,
+    method: AnyMethod,
+    params: Params,
+    inputs: torch.Tensor,
+    depth: str,
+) -> tuple[Comparison, npt.NDArray[np.float64]]:
+    """Maps of `other` (e.g. the same network trained on permuted labels) against `model`'s,
+    for `model`'s predictions; (the comparison, `other`'s map of the first instance)."""
+    with torch.no_grad():
+        targets = model.module(inputs).argmax(1)
+    base = _explain(model, method, params, inputs, targets)
+    found = _explain(other, method, params, inputs, targets)
+    nonzero = (
+        (inputs.detach().cpu().numpy() != 0)
+        if base.shape == tuple(inputs.shape)
+        else np.ones(base.shape, dtype=bool)
+    )
+    return _compare(depth, base, found, nonzero, inputs.dim() == 4), found[0]
