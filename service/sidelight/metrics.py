@@ -147,8 +147,9 @@ class Metrics:
         )
         self.faithfulness_dropped = Counter(
             "sidelight_faithfulness_dropped_total",
-            "Explanations drawn for scoring but dropped because the sampler's queue was full.",
-            ["model", "method"],
+            "Explanations drawn for scoring but not scored: the sampler's queue was full, or "
+            "requests kept the device busy past the sampler's wait.",
+            ["model", "method", "reason"],
             registry=registry,
         )
         self.model_info = Gauge(

@@ -69,3 +69,29 @@ def test_without_sampling_nothing_is_scored(server: ServerThread) -> None:
         stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
         stub.Explain(explain_request("digits", images, "saliency"), timeout=60)
     assert not any(key.startswith("sidelight_faithfulness_scored") for key in scrape(server))
+
+
+def test_a_busy_device_makes_the_sampler_drop_rather_than_wait(registry: object) -> None:
+    """Scoring yields to requests: while they keep the device busy past the sampler's wait,
+    a sample is dropped and counted, not scored."""
+    import torch
+    from prometheus_client import CollectorRegistry
+    from sidelight.metrics import Metrics
+    from sidelight.quality.sampler import FaithfulnessSampler
+
+    model = registry.get("digits").primary  # type: ignore[attr-defined]
+    metrics = Metrics(CollectorRegistry())
+    busy = [True]
+    sampler = FaithfulnessSampler(metrics, 1.0, busy=lambda: busy[0], max_wait_s=0.2)
+    images = torch.from_numpy((load_digits().images[:2] / 16.0).astype(np.float32)[:, None])
+    maps = np.ones((2, 1, 8, 8), dtype=np.float32)
+    targets = np.array([0, 1])
+    assert sampler.offer(model, "saliency", images, maps, targets)
+    sampler.join()
+    dropped = metrics.faithfulness_dropped.labels("digits", "saliency", "busy")._value.get()
+    assert dropped == 1
+    busy[0] = False
+    assert sampler.offer(model, "saliency", images, maps, targets)
+    sampler.join()
+    assert metrics.faithfulness_scored.labels("digits", "saliency")._value.get() == 2
+    sampler.close()

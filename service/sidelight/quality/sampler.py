@@ -6,6 +6,11 @@ it scores the explanation with the deletion and insertion curves and their rando
 (sidelight.quality.curves) and records them in Prometheus. Nothing of this runs inside the
 request: an offer is a random draw and, when kept, a put that never blocks (a full queue drops
 the sample and counts it).
+
+The scoring yields to requests: it starts only when no request is waiting for the device
+(`busy`), waiting up to `max_wait_s`; a sample that never finds a gap is dropped and counted
+(`sidelight_faithfulness_dropped_total{reason="busy"}`), so a saturated server keeps its
+throughput and says how much it could not score.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import logging
 import queue
 import random
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +53,8 @@ class FaithfulnessSampler:
         max_pending: int = 64,
         max_rows: int = 4096,
         seed: int | None = None,
+        busy: Callable[[], bool] = lambda: False,
+        max_wait_s: float = 5.0,
     ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("the faithfulness sample fraction must be in [0, 1]")
@@ -54,6 +63,8 @@ class FaithfulnessSampler:
         self._steps = steps
         self._max_rows = max_rows
         self._draw = random.Random(seed)
+        self._busy = busy
+        self._max_wait_s = max_wait_s
         self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
         self._thread = threading.Thread(target=self._run, name="faithfulness", daemon=True)
         self._thread.start()
@@ -72,7 +83,7 @@ class FaithfulnessSampler:
         try:
             self._queue.put_nowait(_Sample(model, method, inputs, attributions, targets))
         except queue.Full:
-            self._metrics.faithfulness_dropped.labels(model.name, method).inc()
+            self._metrics.faithfulness_dropped.labels(model.name, method, "full").inc()
             return False
         return True
 
@@ -88,7 +99,11 @@ class FaithfulnessSampler:
     def _run(self) -> None:
         while (sample := self._queue.get()) is not None:
             try:
-                self._score(sample)
+                if self._wait_for_a_gap():
+                    self._score(sample)
+                else:
+                    labels = (sample.model.name, sample.method, "busy")
+                    self._metrics.faithfulness_dropped.labels(*labels).inc()
             except Exception:  # a sample that cannot be scored must not stop the sampler
                 log.exception(
                     "faithfulness scoring of %s/%s failed", sample.model.name, sample.method
@@ -96,6 +111,14 @@ class FaithfulnessSampler:
             finally:
                 self._queue.task_done()
         self._queue.task_done()
+
+    def _wait_for_a_gap(self) -> bool:
+        give_up = time.monotonic() + self._max_wait_s
+        while self._busy():
+            if time.monotonic() >= give_up:
+                return False
+            time.sleep(0.002)
+        return True
 
     def _score(self, sample: _Sample) -> None:
         model = sample.model

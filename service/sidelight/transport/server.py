@@ -126,7 +126,11 @@ class Service:
         ]
         jobs, workers = _job_queue(settings, registry, devices[0], metrics)
         sampler = (
-            FaithfulnessSampler(metrics, settings.faithfulness_sample)
+            FaithfulnessSampler(
+                metrics,
+                settings.faithfulness_sample,
+                busy=lambda: scheduler.queued_instances > 0,
+            )
             if settings.faithfulness_sample > 0
             else None
         )
