@@ -110,17 +110,18 @@ def main() -> int:
 
 
 def _sidelight(model: Any, method: str, rows: np.ndarray, samples: int) -> np.ndarray:
-    from sidelight.jobs.runner import JobRunner
+    from sidelight.jobs.runner import rows_per_call
     from sidelight.methods.base import Batch
     from sidelight.methods.catalog import METHODS, parse_params
+    from sidelight.settings import JobSettings
 
     params = parse_params(METHODS[method], {"n_samples": samples, "seed": 1})
     n = rows.shape[0]
     batch = Batch(
         torch.from_numpy(rows), torch.ones(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)
     )
-    rows_per_call = JobRunner.rows_per_call(JobRunner(None, model.device), batch.inputs)  # type: ignore[arg-type]
-    result = METHODS[method].attribute(model, batch, params, rows_per_call)
+    rows = rows_per_call(batch.inputs, JobSettings.max_rows_per_call, JobSettings.max_call_bytes)
+    result = METHODS[method].attribute(model, batch, params, rows)
     return result.attributions.double().numpy()
 
 

@@ -396,10 +396,16 @@ def _attributions(raw: RawTensor, inputs: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _metrics(requested: Sequence[str]) -> tuple[str, ...]:
+def _metrics(
+    requested: Sequence[str],
+    field: str = "metrics",
+    allowed: Sequence[str] = METRICS,
+    error: type[InvalidArgument] = InvalidArgument,
+) -> tuple[str, ...]:
+    """The faithfulness figures asked for (the default ones when none), each a known name."""
     for index, name in enumerate(requested):
-        if name not in METRICS:
-            raise InvalidArgument(f"metrics[{index}]", f"unknown {name!r}; one of {list(METRICS)}")
+        if name not in allowed:
+            raise error(f"{field}[{index}]", f"unknown {name!r}; one of {list(allowed)}")
     return tuple(requested) or DEFAULT_METRICS
 
 
@@ -409,17 +415,15 @@ def _job_metrics(value: Any) -> tuple[str, ...]:
         return ()
     if value is True:
         return DEFAULT_METRICS
+    # Not max_sensitivity: it re-runs the method many times over.
+    allowed = [m for m in METRICS if m != "max_sensitivity"]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidParams(
-            f"params.{EVALUATE_PARAM}", f"true, or a list of {list(METRICS)}; not {value!r}"
+            f"params.{EVALUATE_PARAM}", f"true, or a list of {allowed}; not {value!r}"
         )
-    for index, name in enumerate(value):
-        if name not in METRICS or name == "max_sensitivity":
-            allowed = [m for m in METRICS if m != "max_sensitivity"]
-            raise InvalidParams(
-                f"params.{EVALUATE_PARAM}[{index}]", f"unknown {name!r}; one of {allowed}"
-            )
-    return tuple(value)
+    if not value:
+        return ()
+    return _metrics(value, f"params.{EVALUATE_PARAM}", allowed, InvalidParams)
 
 
 def _reference(name: str, inputs: torch.Tensor) -> Reference | None:

@@ -132,9 +132,8 @@ def test_kernel_shap_on_a_linear_model_is_w_times_the_distance_to_the_mean(
     rows = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.0]])
     assert linear_rows.background is not None
     expected = WEIGHTS * (rows[0] - linear_rows.background.tensor.mean(0))
-    for name in ("kernel_shap",):
-        result = run(linear_rows, name, rows, targets=1, n_samples=24)
-        torch.testing.assert_close(result.attributions[0], expected, atol=1e-6, rtol=1e-5)
+    result = run(linear_rows, "kernel_shap", rows, targets=1, n_samples=24)
+    torch.testing.assert_close(result.attributions[0], expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("window", "stride"), [(2, 2), (3, 1), (4, 2)])

@@ -58,11 +58,10 @@ class MemoryJobQueue(JobQueue):
 
     def _record(self, job_id: str) -> _Record | None:
         record = self._s.jobs.get(job_id)
-        expired = record is not None and record.expires_at is not None
-        if expired and time.monotonic() >= record.expires_at:  # type: ignore[union-attr,operator]
-            del self._s.jobs[job_id]
-            return None
-        return record
+        if record is None or record.expires_at is None or time.monotonic() < record.expires_at:
+            return record
+        del self._s.jobs[job_id]
+        return None
 
     def _state(self, record: _Record) -> JobState:
         return JobState(record.fields[payload.STATE].decode())

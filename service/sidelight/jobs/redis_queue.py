@@ -456,13 +456,8 @@ class RedisJobQueue(JobQueue):
         if outcome != "RUNNING":
             log.info("job %s not run: %s %s", job_id, outcome, _text(detail))
             return None
-        spec = payload.decode_spec(
-            {
-                _text(k): v
-                for k, v in self._client.hgetall(self._job(job_id)).items()
-                if k in (b"spec", b"inputs")
-            }
-        )
+        spec_field, inputs = self._client.hmget(self._job(job_id), payload.SPEC, payload.INPUTS)
+        spec = payload.decode_spec({payload.SPEC: spec_field, payload.INPUTS: inputs or b""})
         return Lease(spec, entry_id, consumer, deliveries)
 
     def renew(self, lease: Lease) -> Hold:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sidelight.errors import InvalidArgument, NotFound, Unavailable
 from sidelight.explanations import Explanation
@@ -23,6 +24,7 @@ from sidelight.jobs.spec import StopReason
 from sidelight.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SHUTDOWN = "shutdown"
 # Between two progress writes to the queue: a job reports often, the queue need not hear it.
@@ -194,30 +196,32 @@ class Worker:
         if control.cancelled or stopped == StopReason.CANCELLED:
             evaluations = explanation.quality.model_evaluations
             return self._settle(lambda: self.queue.cancelled(lease, evaluations), "cancelled")
-        stored: list[bool] = []
-        outcome = self._settle(lambda: stored.append(self.queue.succeed(lease, explanation)), "")
-        if outcome == "lost":
-            return outcome
-        if not stored[0]:
+        stored = self._write(lambda: self.queue.succeed(lease, explanation))
+        if stored is None:
+            return "lost"
+        if not stored:
             return "duplicate"
         return "partial" if stopped else "succeeded"
 
     def _settle(self, write: Callable[[], object], outcome: str) -> str:
+        """`outcome` once `write` lands; "lost" if it never does (see `_write`)."""
+        return "lost" if self._write(write) is None else outcome
+
+    def _write(self, write: Callable[[], T]) -> T | None:
         """Write the job's end to the queue, retrying while it is unreachable: the result is
-        in hand, and the job stays pending (safe) until the write lands. Gives up after the
-        grace period once shutting down; another worker will then run the job again."""
+        in hand, and the job stays pending (safe) until the write lands. Gives up (None) after
+        the grace period once shutting down; another worker will then run the job again."""
         backoff = 0.1
         shutdown_seen: float | None = None
         while True:
             try:
-                write()
-                return outcome
+                return write()
             except Unavailable as exc:
                 if self.shutdown.is_set():
                     shutdown_seen = shutdown_seen or time.monotonic()
                     if time.monotonic() - shutdown_seen >= self.grace_seconds:
                         log.error("giving the job up to the queue's redelivery: %s", exc)
-                        return "lost"
+                        return None
                 log.warning("queue unreachable, retrying in %.1fs: %s", backoff, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -130,6 +130,15 @@ def _explain(
     return found.attributions.detach().double().cpu().numpy()
 
 
+def _nonzero(inputs: torch.Tensor, maps: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Where the input is non-zero, in the maps' shape (a pixel of a one-channel map is
+    non-zero when any of its channels is)."""
+    found = inputs.detach().cpu().numpy() != 0
+    if found.shape != maps.shape:
+        found = found.any(axis=1, keepdims=True)
+    return np.broadcast_to(found, maps.shape)
+
+
 def _compare(
     depth: str,
     base: npt.NDArray[np.float64],
@@ -139,7 +148,7 @@ def _compare(
 ) -> Comparison:
     n = base.shape[0]
     a, b = base.reshape(n, -1), other.reshape(n, -1)
-    keep = nonzero.reshape(n, -1) if nonzero.reshape(n, -1).shape == a.shape else None
+    keep = nonzero.reshape(n, -1)
     similarity = None
     if image:
         planes_a = np.abs(base).sum(1) if base.ndim == 4 else np.abs(base)
@@ -149,14 +158,8 @@ def _compare(
         depth=depth,
         spearman=float(np.nanmean(spearman(a, b))),
         spearman_abs=float(np.nanmean(spearman(np.abs(a), np.abs(b)))),
-        spearman_nonzero=float(np.nanmean(spearman(a, b, keep)))
-        if keep is not None
-        else float("nan"),
-        spearman_abs_nonzero=(
-            float(np.nanmean(spearman(np.abs(a), np.abs(b), keep)))
-            if keep is not None
-            else float("nan")
-        ),
+        spearman_nonzero=float(np.nanmean(spearman(a, b, keep))),
+        spearman_abs_nonzero=float(np.nanmean(spearman(np.abs(a), np.abs(b), keep))),
         ssim=similarity,
     )
 
@@ -177,12 +180,7 @@ def randomization_test(
     layers = parameter_layers(model)
     base = _explain(model, method, params, inputs, targets)
     image = inputs.dim() == 4
-    maps_shape_input = base.shape == tuple(inputs.shape)
-    nonzero = (
-        (inputs.detach().cpu().numpy() != 0)
-        if maps_shape_input
-        else np.ones(base.shape, dtype=bool)
-    )
+    nonzero = _nonzero(inputs, base)
     report = SanityReport(model.name, method.name, mode, layers)
     report.rows.append(_compare("trained", base, base, nonzero, image))
     report.maps.append(base[0])
@@ -208,9 +206,5 @@ def model_comparison(
         targets = model.module(inputs).argmax(1)
     base = _explain(model, method, params, inputs, targets)
     found = _explain(other, method, params, inputs, targets)
-    nonzero = (
-        (inputs.detach().cpu().numpy() != 0)
-        if base.shape == tuple(inputs.shape)
-        else np.ones(base.shape, dtype=bool)
-    )
+    nonzero = _nonzero(inputs, base)
     return _compare(depth, base, found, nonzero, inputs.dim() == 4), found[0]
