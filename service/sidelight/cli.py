@@ -160,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare with the demo digits network retrained on permuted labels",
     )
+    sanity.add_argument(
+        "--server",
+        default="",
+        help="run as a job through this server's queue (host:port) instead of in this process",
+    )
     sanity.set_defaults(run=_sanity)
 
     report = commands.add_parser(
@@ -421,82 +426,96 @@ def _explain(args: argparse.Namespace) -> int:
 def _sanity(args: argparse.Namespace) -> int:
     """Explain sample inputs with the trained model and at each randomization depth; print a
     table, write JSON and a PNG grid; exit 1 when a method the config holds to its threshold
-    still resembles the trained model's maps after full randomization."""
+    still resembles the trained model's maps after full randomization. In this process, or
+    with --server as a job through that server's queue (the server's workers run it)."""
     import torch
     from sidelight_handlers.image import render_grid
 
     from sidelight.methods.base import Mode
-    from sidelight.methods.catalog import METHODS, check_model, method_for, parse_params
+    from sidelight.methods.catalog import METHODS, check_model
     from sidelight.models.registry import ModelRegistry
-    from sidelight.quality.sanity import model_comparison, randomization_test
+    from sidelight.quality.sanity import PERMUTED, sanity_check
 
-    registry = ModelRegistry.load(args.model_repository, [torch.device("cpu")], check_model)
-    entry = registry.get(args.model, args.version)
-    model = entry.primary
-    permuted = _permuted_labels_model(args, model) if args.data_randomization else None
-    if args.methods:
-        names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if args.server:
+        if args.data_randomization:
+            raise ValueError("--data-randomization retrains a model here: not with --server")
+        outcome = _sanity_job(args, names)
+        if outcome is None:
+            return 1
     else:
-        names = [m for m in model.config.methods if METHODS[m].mode is Mode.SYNC]
-    inputs = _sanity_inputs(args, model)
-    config = model.config.sanity
-    held = set(config.methods or names)
+        registry = ModelRegistry.load(args.model_repository, [torch.device("cpu")], check_model)
+        entry = registry.get(args.model, args.version)
+        model = entry.primary
+        permuted = _permuted_labels_model(args, model) if args.data_randomization else None
+        names = names or [m for m in model.config.methods if METHODS[m].mode is Mode.SYNC]
+        inputs = _sanity_inputs(args, model.name, model.input_shape)
+        outcome = sanity_check(
+            model,
+            entry.version,
+            names,
+            inputs,
+            mode=args.mode,
+            seed=args.seed,
+            permuted=permuted,
+        )
+    _print_sanity(outcome)
     args.out.mkdir(parents=True, exist_ok=True)
-    reports, failed = [], []
+    stem = f"sanity-{outcome.model}-{outcome.mode}"
+    report = outcome.to_json()
+    for entry_ in report["methods"].values():
+        del entry_["maps"]  # in the PNG
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    if outcome.reports:
+        permuted_column = [PERMUTED] if outcome.reports[0].rows[-1].depth == PERMUTED else []
+        columns = ["trained", *outcome.reports[0].layers, *permuted_column]
+        render_grid(
+            [(r.method, r.maps) for r in outcome.reports], columns, args.out / f"{stem}.png"
+        )
+    print(f"wrote {args.out / stem}.json and .png")
+    if outcome.failed:
+        print(f"FAILED the sanity threshold: {', '.join(outcome.failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_sanity(outcome: Any) -> None:
     print(
-        f"{args.mode} randomization of {model.name} v{entry.version}, {inputs.shape[0]} inputs; "
-        f"mean Spearman against the trained model's maps"
+        f"{outcome.mode} randomization of {outcome.model} v{outcome.version}, "
+        f"{outcome.instances} inputs; mean Spearman against the trained model's maps"
     )
     header = ("method", "depth", "rho", "|rho|", "rho nz", "|rho| nz", "SSIM")
     print("{:22s} {:24s} {:>7s} {:>7s} {:>7s} {:>8s} {:>6s}".format(*header))
-    for name in names:
-        method = method_for(model, name)
-        params = parse_params(method, {})
-        report = randomization_test(model, method, params, inputs, mode=args.mode, seed=args.seed)
-        if permuted is not None:
-            row, example = model_comparison(
-                model, permuted, method, params, inputs, "permuted labels"
-            )
-            report.rows.append(row)
-            report.maps.append(example)
-        reports.append(report)
+    for report in outcome.reports:
         for row in report.rows:
             ssim = "" if row.ssim is None else f"{row.ssim:6.3f}"
             print(
-                f"{name:22s} {row.depth:24s} {row.spearman:7.3f} {row.spearman_abs:7.3f} "
-                f"{row.spearman_nonzero:7.3f} {row.spearman_abs_nonzero:8.3f} {ssim:>6s}"
+                f"{report.method:22s} {row.depth:24s} {row.spearman:7.3f} "
+                f"{row.spearman_abs:7.3f} {row.spearman_nonzero:7.3f} "
+                f"{row.spearman_abs_nonzero:8.3f} {ssim:>6s}"
             )
-        last = report.rows[len(report.layers)]  # full cascading randomization
-        final = last.spearman_abs_nonzero if config.over == "nonzero" else last.spearman_abs
-        if args.mode == "cascading" and name in held and final > config.max_spearman_abs:
-            failed.append(f"{name} ({final:.3f} > {config.max_spearman_abs}, {config.over})")
-    stem = f"sanity-{model.name}-{args.mode}"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps(
-            {
-                "model": model.name,
-                "version": entry.version,
-                "mode": args.mode,
-                "instances": int(inputs.shape[0]),
-                "threshold": config.max_spearman_abs,
-                "threshold_over": config.over,
-                "methods": {
-                    r.method: {"layers": r.layers, "rows": [vars(row) for row in r.rows]}
-                    for r in reports
-                },
-                "failed": failed,
-            },
-            indent=1,
+
+
+def _sanity_job(args: argparse.Namespace, names: list[str]) -> Any:
+    """Submit the checks to the server's queue, follow the job, return its outcome."""
+    from sidelight.client import Client
+    from sidelight.quality.sanity import SanityOutcome
+
+    with Client(args.server) as client:
+        info = _model_info(client, args.model)
+        inputs = _sanity_inputs(args, info.name, tuple(info.input.shape)).numpy()
+        job = client.submit_sanity_check(
+            args.model,
+            inputs,
+            names,
+            model_version=args.version,
+            mode=args.mode,
+            seed=args.seed,
         )
-    )
-    if reports:
-        columns = ["trained", *reports[0].layers] + (["permuted labels"] if permuted else [])
-        render_grid([(r.method, r.maps) for r in reports], columns, args.out / f"{stem}.png")
-    print(f"wrote {args.out / stem}.json and .png")
-    if failed:
-        print(f"FAILED the sanity threshold: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+        last = _follow_job(client, job)
+    if last is None:
+        return None
+    return SanityOutcome.from_json(json.loads(last.sanity_report_json))
 
 
 def _permuted_labels_model(args: argparse.Namespace, model: Any) -> Any:
@@ -524,20 +543,20 @@ def _permuted_labels_model(args: argparse.Namespace, model: Any) -> Any:
     return load_model(folder, "1", load_config(folder / "config.yaml"), torch.device("cpu"))
 
 
-def _sanity_inputs(args: argparse.Namespace, model: Any) -> Any:
+def _sanity_inputs(args: argparse.Namespace, name: str, shape: tuple[int, ...]) -> Any:
     import torch
 
     if args.input is not None:
         array = np.load(args.input, allow_pickle=False).astype(np.float32)
-        return torch.from_numpy(array[None] if array.ndim == len(model.input_shape) else array)
+        return torch.from_numpy(array[None] if array.ndim == len(shape) else array)
     from sklearn.datasets import load_breast_cancer, load_digits
 
-    if model.input_shape == (1, 8, 8):
+    if shape == (1, 8, 8):
         images = load_digits().images[-args.samples :] / 16.0
         return torch.from_numpy(images.astype(np.float32)[:, None])
-    if model.input_shape == (30,):
+    if shape == (30,):
         return torch.from_numpy(load_breast_cancer().data[-args.samples :].astype(np.float32))
-    raise ValueError(f"model {model.name!r}: give --input (a .npy of instances)")
+    raise ValueError(f"model {name!r}: give --input (a .npy of instances)")
 
 
 REPORT_BEGIN = "<!-- quality-report:begin (generated by sidelight quality-report) -->"
@@ -599,6 +618,12 @@ def _describe(job: Any) -> str:
 
 def _run_job(client: Any, job: Any) -> Any:
     """Follow a submitted job to its end, printing progress; its result, or None."""
+    last = _follow_job(client, job)
+    return None if last is None else last.result
+
+
+def _follow_job(client: Any, job: Any) -> Any:
+    """Follow a submitted job to its end, printing progress; the job if SUCCEEDED, or None."""
     from sidelight.client import TERMINAL_JOB_STATES
     from sidelight.v1 import explainer_pb2 as pb
 
@@ -612,7 +637,7 @@ def _run_job(client: Any, job: Any) -> Any:
     if last.state != pb.JobState.SUCCEEDED:
         print(f"error: {_describe(last)}", file=sys.stderr)
         return None
-    return last.result
+    return last
 
 
 def _job_command(args: argparse.Namespace) -> int:

@@ -80,6 +80,17 @@ class Client:
         request = explain_request(model, inputs, method, **kw)
         return self.stub.SubmitJob(request, timeout=self.timeout)  # type: ignore[no-any-return]
 
+    def submit_sanity_check(
+        self, model: str, inputs: npt.NDArray[Any], methods: list[str], **kw: Any
+    ) -> pb.Job:
+        request = pb.SanityCheckRequest(
+            model=model,
+            inputs=codec.tensor_to_proto(np.ascontiguousarray(inputs)),
+            methods=methods,
+            **kw,
+        )
+        return self.stub.SubmitSanityCheck(request, timeout=self.timeout)  # type: ignore[no-any-return]
+
     def get_job(self, job_id: str) -> pb.Job:
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout)  # type: ignore[no-any-return]
 

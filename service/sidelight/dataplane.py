@@ -35,7 +35,7 @@ from sidelight.explanations import (
     split_result,
 )
 from sidelight.jobs.queue import JobQueue
-from sidelight.jobs.spec import JobSpec, JobStatus
+from sidelight.jobs.spec import JobKind, JobSpec, JobStatus
 from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
 from sidelight.methods.chunking import Measure
@@ -60,6 +60,8 @@ EVALUATE_PARAM = "evaluate"  # faithfulness figures to compute for the job's res
 # within milliseconds and a long job costs a few reads a second.
 WATCH_POLL_MIN_S = 0.005
 WATCH_POLL_MAX_S = 0.25
+SANITY_METHOD = "sanity"  # a sanity-check job's `method`, as GetJob shows it
+SANITY_MODES = ("cascading", "independent")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,17 @@ class EvaluateRequest:
     params: Mapping[str, Any] | None = None
     steps: int = 0
     reference: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class SanityCheckRequest:
+    model: str
+    inputs: RawTensor
+    methods: Sequence[str] = ()
+    model_version: str = ""
+    mode: str = ""
+    seed: int = 0
     request_id: str = ""
 
 
@@ -317,6 +330,45 @@ class DataPlane:
             digest=_request_digest(request),
             evaluate=evaluate,
         )
+        return await asyncio.to_thread(queue.submit, spec)
+
+    async def submit_sanity_check(self, request: SanityCheckRequest) -> JobStatus:
+        """Queue the randomization checks of `sidelight sanity` for these inputs."""
+        queue = self._queue()
+        entry = self._registry.get(request.model, request.model_version)
+        model = entry.primary
+        offered = [m for m in model.config.methods if METHODS[m].mode is Mode.SYNC]
+        for index, name in enumerate(request.methods):
+            method = method_for(model, name, field=f"methods[{index}]")
+            if method.mode is not Mode.SYNC:
+                raise InvalidArgument(
+                    f"methods[{index}]", f"{name} is sampled: the checks take {offered}"
+                )
+        mode = request.mode or "cascading"
+        if mode not in SANITY_MODES:
+            raise InvalidArgument("mode", f"unknown {mode!r}; one of {list(SANITY_MODES)}")
+        if not 0 <= request.seed < 2**SEED_BITS:
+            raise InvalidArgument("seed", f"must be in [0, 2^{SEED_BITS})")
+        inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        methods = list(dict.fromkeys(request.methods)) or offered
+        params = {"methods": methods, "mode": mode, "seed": request.seed}
+        digest = hashlib.sha256(
+            json.dumps({"model": entry.name, "version": entry.version, **params}).encode()
+            + request.inputs.data
+        ).hexdigest()
+        spec = JobSpec(
+            job_id=new_explanation_id(),
+            request_id=request.request_id,
+            model=entry.name,
+            model_version=entry.version,
+            method=SANITY_METHOD,
+            inputs=request.inputs,
+            params=params,
+            submitted_at=time.time(),
+            digest=digest,
+            kind=JobKind.SANITY,
+        )
+        del inputs  # validated only: the worker decodes the spec's bytes
         return await asyncio.to_thread(queue.submit, spec)
 
     async def get_job(self, job_id: str) -> JobStatus:

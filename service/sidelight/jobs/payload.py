@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sidelight.explanations import Explanation, Quality
-from sidelight.jobs.spec import JobSpec, JobState, JobStatus
+from sidelight.jobs.spec import JobKind, JobResult, JobSpec, JobState, JobStatus
 from sidelight.quality.evaluate import FaithfulnessScores
 from sidelight.tensors import RawTensor
 
@@ -57,6 +57,7 @@ def encode_spec(spec: JobSpec) -> Fields:
         "submitted_at": spec.submitted_at,
         "digest": spec.digest,
         "evaluate": list(spec.evaluate),
+        "kind": spec.kind.value,
         "dtype": spec.inputs.dtype,
         "shape": list(spec.inputs.shape),
     }
@@ -79,6 +80,7 @@ def decode_spec(fields: Mapping[str, bytes]) -> JobSpec:
         submitted_at=header["submitted_at"],
         digest=header["digest"],
         evaluate=tuple(header.get("evaluate", ())),
+        kind=JobKind(header.get("kind", JobKind.EXPLAIN.value)),
     )
 
 
@@ -118,8 +120,20 @@ def decode_status(fields: Mapping[str, bytes], result: Mapping[str, bytes] | Non
         submitted_at=header["submitted_at"],
         started_at=moment(STARTED_AT),
         finished_at=moment(FINISHED_AT),
-        result=decode_explanation(result) if result else None,
+        result=decode_explanation(result) if result and SANITY_REPORT not in result else None,
+        sanity_report=json.loads(result[SANITY_REPORT])
+        if result and SANITY_REPORT in result
+        else None,
     )
+
+
+SANITY_REPORT = "sanity_report"
+
+
+def encode_result(result: JobResult) -> Fields:
+    if isinstance(result, Explanation):
+        return encode_explanation(result)
+    return {SANITY_REPORT: _json(result.to_json())}
 
 
 _ARRAYS = ("outputs", "targets", "attributions")

@@ -21,7 +21,7 @@ from enum import Enum
 
 from sidelight.explanations import Explanation
 from sidelight.jobs import payload
-from sidelight.jobs.spec import JobSpec, JobState, JobStatus
+from sidelight.jobs.spec import JobResult, JobSpec, JobState, JobStatus
 from sidelight.settings import QueueSettings
 
 
@@ -115,15 +115,19 @@ class JobQueue(ABC):
     @abstractmethod
     def progress(self, lease: Lease, fraction: float, evaluations: int) -> None: ...
 
-    def succeed(self, lease: Lease, result: Explanation) -> bool:
+    def succeed(self, lease: Lease, result: JobResult) -> bool:
         """Store the result, mark SUCCEEDED, acknowledge. False when the job had already
         finished (a duplicate execution): the stored result stands."""
+        if isinstance(result, Explanation):
+            stopped_by, evaluations = result.quality.stopped_by, result.quality.model_evaluations
+        else:
+            stopped_by, evaluations = result.stopped_by, result.evaluations
         return self._end(
             lease,
             JobState.SUCCEEDED,
-            stopped_by=result.quality.stopped_by,
-            evaluations=result.quality.model_evaluations,
-            result=payload.encode_explanation(result),
+            stopped_by=stopped_by,
+            evaluations=evaluations,
+            result=payload.encode_result(result),
         )
 
     def fail(self, lease: Lease, reason: str, *, dead_letter: bool) -> None:

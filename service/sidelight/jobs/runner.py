@@ -1,5 +1,6 @@
-"""Run one job's spec to an Explanation: the same validation and methods as the API's, with
-the job's control (deadline, budget, cancellation) over every model call."""
+"""Run one job's spec to its result: an explain job to an Explanation, with the same validation
+and methods as the API's and the job's control (deadline, budget, cancellation) over every
+model call; a sanity-check job to its report, checking for cancellation between methods."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from dataclasses import dataclass
 
 import torch
 
+from sidelight.errors import InvalidParams
 from sidelight.explanations import Explanation, explanation_of, summarize
-from sidelight.jobs.spec import JobSpec
+from sidelight.jobs.spec import JobKind, JobResult, JobSpec
 from sidelight.methods.base import Batch, SeededParams
 from sidelight.methods.catalog import method_for, parse_params
 from sidelight.methods.chunking import run_chunked
 from sidelight.methods.perturbation import Control, Evaluator, PerturbationMethod
 from sidelight.models.registry import ModelRegistry
 from sidelight.quality.evaluate import evaluate
+from sidelight.quality.sanity import SanityOutcome, sanity_check
 from sidelight.validation import parse_targets, validate_inputs
 
 
@@ -32,7 +35,43 @@ class JobRunner:
     max_call_bytes: int = 64 << 20
     max_instances: int = 1024
 
-    def run(self, spec: JobSpec, control: Control) -> Explanation:
+    def run(self, spec: JobSpec, control: Control) -> JobResult:
+        if spec.kind is JobKind.SANITY:
+            return self.sanity(spec, control)
+        return self.explain(spec, control)
+
+    def sanity(self, spec: JobSpec, control: Control) -> SanityOutcome:
+        entry = self.registry.get(spec.model, spec.model_version)
+        model = next((m for m in entry.replicas if m.device == self.device), entry.primary)
+        inputs = validate_inputs(entry, spec.inputs, self.max_instances).to(model.device)
+        methods = spec.params.get("methods") or ()
+        if not methods:
+            raise InvalidParams("params.methods", "a sanity job names its methods")
+
+        def step(fraction: float) -> None:
+            # Between methods: a cancelled, lost or shut-down job stops here (a method's run
+            # is short). A sanity job has no deadline or budget: those are refused at submit.
+            control.progress(fraction, 0)
+            reason = control.stop_reason(0, 0)
+            if reason is not None:
+                raise _Stopped(reason)
+
+        try:
+            return sanity_check(
+                model,
+                entry.version,
+                list(methods),
+                inputs,
+                mode=spec.params.get("mode", "cascading"),
+                seed=int(spec.params.get("seed", 0)),
+                step=step,
+            )
+        except _Stopped as stop:
+            return SanityOutcome(
+                model.name, entry.version, "", 0, 0.0, "", [], [], stopped_by=str(stop)
+            )
+
+    def explain(self, spec: JobSpec, control: Control) -> Explanation:
         entry = self.registry.get(spec.model, spec.model_version)
         model = next((m for m in entry.replicas if m.device == self.device), entry.primary)
         method = method_for(model, spec.method)
@@ -79,6 +118,10 @@ class JobRunner:
         )
         quality = dataclasses.replace(explanation.quality, faithfulness=scores)
         return dataclasses.replace(explanation, quality=quality)
+
+
+class _Stopped(Exception):
+    """A sanity job saw its cancellation (or lost its lease) between two methods."""
 
 
 def rows_per_call(inputs: torch.Tensor, max_rows: int, max_call_bytes: int) -> int:

@@ -12,7 +12,18 @@ from enum import StrEnum
 from typing import Any
 
 from sidelight.explanations import Explanation
+from sidelight.quality.sanity import SanityOutcome
 from sidelight.tensors import RawTensor
+
+# What a worker hands back: an explanation, or a sanity check's outcome.
+JobResult = Explanation | SanityOutcome
+
+
+class JobKind(StrEnum):
+    EXPLAIN = "explain"  # an explain request (`method`, its `params`)
+    # Model-parameter randomization of several methods (`sidelight sanity` as a job);
+    # params: methods, mode, seed.
+    SANITY = "sanity"
 
 
 class JobState(StrEnum):
@@ -56,6 +67,7 @@ class JobSpec:
     digest: str = ""
     # Faithfulness figures to compute for the result (sidelight.quality.evaluate.METRICS).
     evaluate: Sequence[str] = ()
+    kind: JobKind = JobKind.EXPLAIN
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,8 @@ class JobStatus:
     submitted_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
-    result: Explanation | None = None  # when SUCCEEDED
+    result: Explanation | None = None  # an explain job's, when SUCCEEDED
+    sanity_report: dict[str, Any] | None = None  # a sanity job's (SanityOutcome.to_json)
 
     @property
     def terminal(self) -> bool:

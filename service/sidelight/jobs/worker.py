@@ -20,7 +20,7 @@ from sidelight.errors import InvalidArgument, NotFound, Unavailable
 from sidelight.explanations import Explanation
 from sidelight.jobs.queue import Hold, JobQueue, Lease
 from sidelight.jobs.runner import JobRunner
-from sidelight.jobs.spec import StopReason
+from sidelight.jobs.spec import JobResult, StopReason
 from sidelight.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Worker:
 
     def _execute(self, lease: Lease, control: LeaseControl) -> str:
         try:
-            explanation = self.runner.run(lease.spec, control)
+            result = self.runner.run(lease.spec, control)
         except (InvalidArgument, NotFound) as exc:
             # The request cannot run here (a model or version this worker does not have, a
             # spec that no longer validates): no other delivery would do better.
@@ -185,18 +185,22 @@ class Worker:
             return self._settle(
                 lambda: self.queue.fail(lease, reason, dead_letter=True), "dead_lettered"
             )
-        return self._store(lease, control, explanation)
+        return self._store(lease, control, result)
 
-    def _store(self, lease: Lease, control: LeaseControl, explanation: Explanation) -> str:
-        stopped = explanation.quality.stopped_by
+    def _store(self, lease: Lease, control: LeaseControl, result: JobResult) -> str:
+        stopped = (
+            result.quality.stopped_by if isinstance(result, Explanation) else result.stopped_by
+        )
         if control.lost or stopped == StopReason.LOST:
             return "lost"
         if stopped == SHUTDOWN:
             return self._settle(lambda: self.queue.release(lease), "released")
         if control.cancelled or stopped == StopReason.CANCELLED:
-            evaluations = explanation.quality.model_evaluations
+            evaluations = control.evaluations
+            if isinstance(result, Explanation):
+                evaluations = result.quality.model_evaluations
             return self._settle(lambda: self.queue.cancelled(lease, evaluations), "cancelled")
-        stored = self._write(lambda: self.queue.succeed(lease, explanation))
+        stored = self._write(lambda: self.queue.succeed(lease, result))
         if stored is None:
             return "lost"
         if not stored:

@@ -55,12 +55,12 @@ def _catalog() -> dict[str, AnyMethod]:
 METHODS: Mapping[str, AnyMethod] = _catalog()
 
 
-def method_for(model: Model, name: str) -> AnyMethod:
-    """The method `name` if this model offers it; MethodNotFound otherwise."""
+def method_for(model: Model, name: str, *, field: str = "method") -> AnyMethod:
+    """The method `name` if this model offers it; MethodNotFound (naming `field`) otherwise."""
     if name not in model.config.methods:
         known = "" if name in METHODS else " (no such method)"
         raise MethodNotFound(
-            "method",
+            field,
             f"{name!r}{known} is not offered by model {model.name!r}; "
             f"it offers {model.config.methods}",
         )

@@ -19,8 +19,10 @@ likewise), under a fixed seed, in a copy of the model: the served model is never
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +30,8 @@ import torch
 from scipy.stats import rankdata
 
 from sidelight.methods.base import Batch, Params
-from sidelight.methods.catalog import AnyMethod
+from sidelight.methods.catalog import AnyMethod, method_for, parse_params
+from sidelight.models.config import SanityConfig
 from sidelight.models.model import Model
 from sidelight.models.modularize import LAYER_MARKER
 
@@ -208,3 +211,135 @@ def model_comparison(
     found = _explain(other, method, params, inputs, targets)
     nonzero = _nonzero(inputs, base)
     return _compare(depth, base, found, nonzero, inputs.dim() == 4), found[0]
+
+
+# A map kept for the PNG grid is at most this many pixels a side (a job's report carries them).
+MAX_MAP_SIDE = 64
+PERMUTED = "permuted labels"
+
+
+@dataclass(frozen=True)
+class SanityOutcome:
+    """What `sidelight sanity` reports, run in the CLI's process or as a job: the comparisons
+    per method and depth, the first instance's map per depth (for the grid), and the methods
+    that failed the model config's threshold."""
+
+    model: str
+    version: str
+    mode: str
+    instances: int
+    threshold: float
+    threshold_over: str
+    reports: list[SanityReport]
+    failed: list[str]
+    evaluations: int = 0  # rows the methods put through the model (all depths)
+    stopped_by: str = ""  # run as a job: why it stopped before the end (no report then)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "mode": self.mode,
+            "instances": self.instances,
+            "threshold": self.threshold,
+            "threshold_over": self.threshold_over,
+            "methods": {
+                r.method: {
+                    "layers": r.layers,
+                    "rows": [dataclasses.asdict(row) for row in r.rows],
+                    "maps": [np.asarray(m, dtype=np.float32).tolist() for m in r.maps],
+                }
+                for r in self.reports
+            },
+            "failed": self.failed,
+            "evaluations": self.evaluations,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SanityOutcome:
+        reports = [
+            SanityReport(
+                data["model"],
+                method,
+                data["mode"],
+                list(entry["layers"]),
+                [Comparison(**row) for row in entry["rows"]],
+                [np.asarray(m, dtype=np.float64) for m in entry["maps"]],
+            )
+            for method, entry in data["methods"].items()
+        ]
+        return cls(
+            data["model"],
+            data["version"],
+            data["mode"],
+            data["instances"],
+            data["threshold"],
+            data["threshold_over"],
+            reports,
+            list(data["failed"]),
+            data.get("evaluations", 0),
+        )
+
+
+def sanity_check(
+    model: Model,
+    version: str,
+    methods: Sequence[str],
+    inputs: torch.Tensor,
+    *,
+    mode: str = "cascading",
+    seed: int = 0,
+    permuted: Model | None = None,
+    step: Callable[[float], None] = lambda fraction: None,
+) -> SanityOutcome:
+    """Run the randomization test of each method (and, given the network retrained on
+    permuted labels, the data randomization test), then hold the methods the model config
+    names to its threshold. `step` hears the fraction of methods done; it may raise to stop."""
+    config: SanityConfig = model.config.sanity
+    held = set(config.methods or methods)
+    reports, failed = [], []
+    evaluations = 0
+    for index, name in enumerate(methods):
+        method = method_for(model, name)
+        params = parse_params(method, {})
+        report = randomization_test(model, method, params, inputs, mode=mode, seed=seed)
+        runs = len(report.rows) + (2 if permuted is not None else 0)
+        evaluations += method.rows_per_instance(params) * int(inputs.shape[0]) * runs
+        if permuted is not None:
+            row, example = model_comparison(model, permuted, method, params, inputs, PERMUTED)
+            report.rows.append(row)
+            report.maps.append(example)
+        report = replace(report, maps=[thumbnail(m) for m in report.maps])
+        reports.append(report)
+        last = report.rows[len(report.layers)]  # full cascading randomization
+        final = last.spearman_abs_nonzero if config.over == "nonzero" else last.spearman_abs
+        if mode == "cascading" and name in held and final > config.max_spearman_abs:
+            failed.append(f"{name} ({final:.3f} > {config.max_spearman_abs}, {config.over})")
+        step((index + 1) / len(methods))
+    return SanityOutcome(
+        model.name,
+        version,
+        mode,
+        int(inputs.shape[0]),
+        config.max_spearman_abs,
+        config.over,
+        reports,
+        failed,
+        evaluations,
+    )
+
+
+def thumbnail(map_: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """|map| summed over channels and average-pooled to at most MAX_MAP_SIDE a side (what
+    the grid shows); a feature vector stays as it is."""
+    if map_.ndim < 2:
+        return map_
+    plane = np.abs(map_).sum(0) if map_.ndim == 3 else np.abs(map_)
+    factor = -(-max(plane.shape) // MAX_MAP_SIDE)
+    if factor <= 1:
+        return plane
+    pooled = torch.nn.functional.avg_pool2d(
+        torch.from_numpy(np.ascontiguousarray(plane))[None, None], factor, ceil_mode=True
+    )
+    result: npt.NDArray[np.float64] = pooled[0, 0].numpy()
+    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,18 @@ def explain_request(message: pb.ExplainRequest, deadline: float | None) -> dp.Ex
         params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
         request_id=message.request_id,
         deadline=deadline,
+    )
+
+
+def sanity_check_request(message: pb.SanityCheckRequest) -> dp.SanityCheckRequest:
+    return dp.SanityCheckRequest(
+        model=message.model,
+        model_version=message.model_version,
+        inputs=raw_tensor(message.inputs),
+        methods=list(message.methods),
+        mode=message.mode,
+        seed=message.seed,
+        request_id=message.request_id,
     )
 
 
@@ -134,6 +147,9 @@ def job_to_proto(status: JobStatus) -> pb.Job:
         started_at=status.started_at or 0.0,
         finished_at=status.finished_at or 0.0,
         partial=status.partial,
+        sanity_report_json=(
+            json.dumps(status.sanity_report) if status.sanity_report is not None else ""
+        ),
     )
 
 

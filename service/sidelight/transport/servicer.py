@@ -83,6 +83,15 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
 
         return await self._answer("SubmitJob", request.model, request.method, context, answer)
 
+    async def SubmitSanityCheck(
+        self, request: pb.SanityCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Job:
+        async def answer() -> pb.Job:
+            call = codec.sanity_check_request(request)
+            return codec.job_to_proto(await self._plane.submit_sanity_check(call))
+
+        return await self._answer("SubmitSanityCheck", request.model, "", context, answer)
+
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:

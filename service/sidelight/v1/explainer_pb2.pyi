@@ -227,6 +227,24 @@ class EvaluateRequest(_message.Message):
     request_id: str
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., attributions: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., metrics: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., steps: _Optional[int] = ..., reference: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class SanityCheckRequest(_message.Message):
+    __slots__ = ("model", "model_version", "inputs", "methods", "mode", "seed", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    inputs: Tensor
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    mode: str
+    seed: int
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., methods: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class EvaluateResponse(_message.Message):
     __slots__ = ("faithfulness", "targets", "model_evaluations", "request_id")
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
@@ -254,7 +272,7 @@ class JobProgress(_message.Message):
     def __init__(self, fraction: _Optional[float] = ..., model_evaluations: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "progress", "error", "result", "request_id", "model", "model_version", "method", "deliveries", "submitted_at", "started_at", "finished_at", "partial")
+    __slots__ = ("job_id", "state", "progress", "error", "result", "request_id", "model", "model_version", "method", "deliveries", "submitted_at", "started_at", "finished_at", "partial", "sanity_report_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +287,7 @@ class Job(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SANITY_REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     progress: JobProgress
@@ -283,4 +302,5 @@ class Job(_message.Message):
     started_at: float
     finished_at: float
     partial: bool
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[ExplainResponse, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., deliveries: _Optional[int] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., partial: _Optional[bool] = ...) -> None: ...
+    sanity_report_json: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[ExplainResponse, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., deliveries: _Optional[int] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., partial: _Optional[bool] = ..., sanity_report_json: _Optional[str] = ...) -> None: ...

@@ -74,6 +74,11 @@ class ExplainerStub:
                 request_serializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.SubmitSanityCheck = channel.unary_unary(
+                '/sidelight.v1.Explainer/SubmitSanityCheck',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -140,6 +145,15 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSanityCheck(self, request, context):
+        """The sanity checks of `sidelight sanity` (Adebayo et al. 2018) as a job: the methods'
+        explanations of the given inputs compared with those of the model with its layers
+        randomized. When it SUCCEEDS the Job carries the report (`sanity_report_json`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +196,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.FromString,
                     response_serializer=sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'SubmitSanityCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSanityCheck,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +419,33 @@ class Explainer:
             '/sidelight.v1.Explainer/Evaluate',
             sidelight_dot_v1_dot_explainer__pb2.EvaluateRequest.SerializeToString,
             sidelight_dot_v1_dot_explainer__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSanityCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/SubmitSanityCheck',
+            sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
