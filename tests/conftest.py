@@ -139,6 +139,7 @@ def server_settings(model_repository: Path, **batching: object) -> ServerSetting
         port=0,
         metrics_port=0,
         grace_period_s=2.0,
+        faithfulness_sample=0.0,  # tests that sample say so
         batching=replace(BatchingSettings(), **batching),  # type: ignore[arg-type]
     )
 

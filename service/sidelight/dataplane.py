@@ -39,7 +39,7 @@ from sidelight.jobs.spec import JobKind, JobSpec, JobStatus
 from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
 from sidelight.methods.chunking import Measure
-from sidelight.models.model import Model
+from sidelight.models.model import Model, PrivateModels
 from sidelight.models.registry import ModelRegistry, ModelVersion
 from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
@@ -166,6 +166,7 @@ class DataPlane:
         self._jobs = jobs
         self._sampler = sampler
         self._evaluations = asyncio.Semaphore(1)
+        self._own = PrivateModels()  # Evaluate's copies, never the executor's modules
         self._max_instances = max_instances_per_request
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
@@ -278,7 +279,7 @@ class DataPlane:
         async with self._evaluations:
             targets, scores = await asyncio.to_thread(
                 _score,
-                model,
+                self._own(model),
                 inputs,
                 attributions,
                 requested,

@@ -125,6 +125,6 @@ class ServerSettings:
     retain_freed_memory: bool = True
     jobs: JobSettings = field(default_factory=JobSettings)
     # Fraction of synchronous explanations scored for faithfulness (deletion/insertion curves
-    # against random rankings) on a background thread; 0 turns the sampler off. Off by
-    # default until its cost under load is measured (issue 4).
-    faithfulness_sample: float = 0.0
+    # against random rankings) on a background thread, only while the device is idle; 0 turns
+    # the sampler off. Its cost under load: bench/sampling_overhead.py, docs/benchmarks.md.
+    faithfulness_sample: float = 0.01

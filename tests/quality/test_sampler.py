@@ -95,3 +95,43 @@ def test_a_busy_device_makes_the_sampler_drop_rather_than_wait(registry: object)
     sampler.join()
     assert metrics.faithfulness_scored.labels("digits", "saliency")._value.get() == 2
     sampler.close()
+
+
+def test_background_scoring_never_disturbs_the_executors_explanations(
+    sampling_server: ServerThread,
+) -> None:
+    """Methods hook the model while they run, and a hook fires for any thread's pass through
+    the module: Evaluate, the sampler and embedded workers run copies of the model, never the
+    executor's. Grad-CAM requests answered while Evaluate scores on its thread (and the sampler
+    scores everything) give the maps they give alone, bit for bit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sidelight.client import to_array
+    from sidelight.transport.codec import tensor_to_proto
+    from sidelight.v1 import explainer_pb2 as pb
+
+    images = (load_digits().images[1600:1604] / 16.0).astype(np.float32)[:, None]
+    with sampling_server.channel() as channel:
+        stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
+        request = explain_request("digits", images, "grad_cam", targets=[1, 2, 3, 4])
+        alone = to_array(stub.Explain(request, timeout=60).attributions)
+        maps = np.abs(np.random.default_rng(0).standard_normal((8, 1, 8, 8))).astype(np.float32)
+        many = (load_digits().images[1610:1618] / 16.0).astype(np.float32)[:, None]
+        evaluate = pb.EvaluateRequest(
+            model="digits",
+            inputs=tensor_to_proto(many),
+            attributions=tensor_to_proto(maps),
+            metrics=["deletion", "insertion", "infidelity"],
+            steps=64,
+        )
+
+        def explain(_: int) -> np.ndarray:
+            return to_array(stub.Explain(request, timeout=120).attributions)
+
+        with ThreadPoolExecutor(6) as pool:
+            scoring = [pool.submit(stub.Evaluate, evaluate, timeout=300) for _ in range(3)]
+            answers = list(pool.map(explain, range(60)))
+            for future in scoring:
+                assert len(future.result().faithfulness.deletion_auc) == 8
+    for answer in answers:
+        np.testing.assert_array_equal(answer, alone)

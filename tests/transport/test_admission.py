@@ -167,3 +167,20 @@ def test_graceful_shutdown(make_server: Callable[..., ServerThread]) -> None:
         # The call in flight finishes inside the grace period.
         assert list(blocker.result().attributions.shape) == [1, 1, 8, 8]
         stopping.result(120)
+
+
+def test_a_running_batch_counts_as_in_flight_until_answered(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Background work (the faithfulness sampler) waits for the device to be idle: nothing
+    queued AND nothing being computed. A batch that left the queue still counts."""
+    server = make_server(max_batch_size=1)
+    scheduler = server.service.scheduler
+    assert scheduler.in_flight_instances == 0
+    with server.channel() as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        blocker = stub.Explain.future(BLOCKER, timeout=300)
+        wait_until(lambda: blocker_running(server))
+        assert scheduler.queued_instances == 0 and scheduler.in_flight_instances == 1
+        blocker.result()
+    wait_until(lambda: scheduler.in_flight_instances == 0)

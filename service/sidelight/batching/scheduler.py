@@ -102,6 +102,7 @@ class Scheduler:
         self._max_wait = settings.max_wait_ms / 1000.0
         self._queues: OrderedDict[Group, deque[Pending]] = OrderedDict()
         self._queued = 0
+        self._in_flight = 0  # queued or in a running batch, until answered
         self._closed = False
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -111,6 +112,12 @@ class Scheduler:
     @property
     def queued_instances(self) -> int:
         return self._queued
+
+    @property
+    def in_flight_instances(self) -> int:
+        """Instances accepted and not yet answered: queued, or in a batch being computed.
+        Zero means the device is idle (what background work waits for)."""
+        return self._in_flight
 
     async def submit(
         self,
@@ -135,11 +142,14 @@ class Scheduler:
             self._queued += pending.size
             self._wake.notify()
         self._on_depth(group.model, pending.size)
+        self._in_flight += pending.size  # only ever changed on the event loop's thread
         try:
             return await pending.future
         except asyncio.CancelledError:
             self._withdraw(pending, "cancelled")
             raise
+        finally:
+            self._in_flight -= pending.size
 
     def _withdraw(self, pending: Pending, reason: str) -> None:
         with self._lock:

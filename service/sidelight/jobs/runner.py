@@ -5,7 +5,7 @@ model call; a sanity-check job to its report, checking for cancellation between 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +16,8 @@ from sidelight.methods.base import Batch, SeededParams
 from sidelight.methods.catalog import method_for, parse_params
 from sidelight.methods.chunking import run_chunked
 from sidelight.methods.perturbation import Control, Evaluator, PerturbationMethod
-from sidelight.models.registry import ModelRegistry
+from sidelight.models.model import Model, PrivateModels
+from sidelight.models.registry import ModelRegistry, ModelVersion
 from sidelight.quality.evaluate import evaluate
 from sidelight.quality.sanity import SanityOutcome, sanity_check
 from sidelight.validation import parse_targets, validate_inputs
@@ -34,6 +35,13 @@ class JobRunner:
     max_rows: int = 16384
     max_call_bytes: int = 64 << 20
     max_instances: int = 1024
+    # Embedded workers are threads beside the server's executor and each other: each has a
+    # runner of its own, which runs copies of the models (see Model.private_copy).
+    _own: PrivateModels = field(default_factory=PrivateModels)
+
+    def _model(self, entry: ModelVersion) -> Model:
+        loaded = next((m for m in entry.replicas if m.device == self.device), entry.primary)
+        return self._own(loaded)
 
     def run(self, spec: JobSpec, control: Control) -> JobResult:
         if spec.kind is JobKind.SANITY:
@@ -42,7 +50,7 @@ class JobRunner:
 
     def sanity(self, spec: JobSpec, control: Control) -> SanityOutcome:
         entry = self.registry.get(spec.model, spec.model_version)
-        model = next((m for m in entry.replicas if m.device == self.device), entry.primary)
+        model = self._model(entry)
         inputs = validate_inputs(entry, spec.inputs, self.max_instances).to(model.device)
         methods = spec.params.get("methods") or ()
         if not methods:
@@ -73,7 +81,7 @@ class JobRunner:
 
     def explain(self, spec: JobSpec, control: Control) -> Explanation:
         entry = self.registry.get(spec.model, spec.model_version)
-        model = next((m for m in entry.replicas if m.device == self.device), entry.primary)
+        model = self._model(entry)
         method = method_for(model, spec.method)
         params = parse_params(method, spec.params)
         method.check_params(model, params)

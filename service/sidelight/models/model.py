@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import torch
@@ -67,8 +69,41 @@ class Model:
     def baseline(self, name: str | None = None) -> Baseline:
         return self.baselines[name or self.config.default_baseline]
 
+    def private_copy(self) -> Model:
+        """This model with a module of its own: same weights, copied. Attribution methods hook
+        the module while they run (Captum's layer hooks, modified-backprop rules), and a hook
+        fires for every forward or backward through the module, whichever thread runs it: two
+        threads may not share one module while either explains. The executor owns the loaded
+        module; every other thread that runs the model (the faithfulness sampler, Evaluate,
+        embedded job workers) takes a copy. A module that holds no hooks and is safe across
+        threads (an onnxruntime session) is shared."""
+        if getattr(self.module, "shared_across_threads", False):
+            return self
+        module = copy.deepcopy(self.module)
+        layer = None
+        if self.layer is not None:
+            path = next(name for name, m in self.module.named_modules() if m is self.layer)
+            layer = module.get_submodule(path)
+        return replace(self, module=module, layer=layer)
+
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         """What clients receive: probabilities for a classifier that returns logits."""
         if self.config.output is OutputKind.LOGITS:
             return torch.softmax(outputs, dim=1)
         return outputs
+
+
+class PrivateModels:
+    """One private copy (see `Model.private_copy`) per model, for one consumer: a thread, or
+    calls that never overlap. Two consumers that may run at once need two of these."""
+
+    def __init__(self) -> None:
+        self._copies: dict[Model, Model] = {}  # Model hashes by identity (eq=False)
+        self._lock = threading.Lock()
+
+    def __call__(self, model: Model) -> Model:
+        with self._lock:
+            found = self._copies.get(model)
+            if found is None:
+                found = self._copies[model] = model.private_copy()
+            return found

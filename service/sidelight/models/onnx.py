@@ -18,6 +18,10 @@ _NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: n
 
 
 class OnnxModule(nn.Module):
+    # No hooks (the methods that hook need gradients, which ONNX models do not give), and an
+    # onnxruntime session may be run from several threads: Model.private_copy shares it.
+    shared_across_threads = True
+
     def __init__(self, path: Path, device: torch.device) -> None:
         super().__init__()
         import onnxruntime as ort

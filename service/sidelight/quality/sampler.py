@@ -7,10 +7,10 @@ it scores the explanation with the deletion and insertion curves and their rando
 request: an offer is a random draw and, when kept, a put that never blocks (a full queue drops
 the sample and counts it).
 
-The scoring yields to requests: it starts only when no request is waiting for the device
-(`busy`), waiting up to `max_wait_s`; a sample that never finds a gap is dropped and counted
-(`sidelight_faithfulness_dropped_total{reason="busy"}`), so a saturated server keeps its
-throughput and says how much it could not score.
+The scoring yields to requests: it starts only when the device is idle, no request queued or
+being computed (`busy`), waiting up to `max_wait_s`; a sample that never finds such a gap is
+dropped and counted (`sidelight_faithfulness_dropped_total{reason="busy"}`), so a saturated
+server keeps its throughput and says how much it could not score.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy.typing as npt
 import torch
 
 from sidelight.metrics import Metrics
-from sidelight.models.model import Model
+from sidelight.models.model import Model, PrivateModels
 from sidelight.quality.curves import Curve, Reference, curve, element_scores, random_curve
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class FaithfulnessSampler:
         self._busy = busy
         self._max_wait_s = max_wait_s
         self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
+        self._own = PrivateModels()  # never the executor's module (see Model.private_copy)
         self._thread = threading.Thread(target=self._run, name="faithfulness", daemon=True)
         self._thread.start()
 
@@ -121,7 +122,7 @@ class FaithfulnessSampler:
         return True
 
     def _score(self, sample: _Sample) -> None:
-        model = sample.model
+        model = self._own(sample.model)
         inputs = sample.inputs.to(model.device)
         maps = torch.from_numpy(sample.attributions).to(model.device, inputs.dtype)
         targets = torch.from_numpy(sample.targets).to(model.device)

@@ -84,7 +84,7 @@ class Service:
         self.endpoints = endpoints
         self._server = server
         self._health = health_servicer
-        self._scheduler = scheduler
+        self.scheduler = scheduler
         self._executors = executors
         self._metrics_server = metrics_server
         self.jobs = jobs
@@ -129,7 +129,7 @@ class Service:
             FaithfulnessSampler(
                 metrics,
                 settings.faithfulness_sample,
-                busy=lambda: scheduler.queued_instances > 0,
+                busy=lambda: scheduler.in_flight_instances > 0,
             )
             if settings.faithfulness_sample > 0
             else None
@@ -243,7 +243,7 @@ class Service:
         for worker, _thread in self._workers:
             worker.shutdown.set()  # stop claiming; the job in hand has the grace period
         await self._server.stop(grace)
-        self._scheduler.close()
+        self.scheduler.close()
         for executor in self._executors:
             await asyncio.to_thread(executor.join, grace)
         for _worker, thread in self._workers:
@@ -273,15 +273,15 @@ def _job_queue(
     metrics.registry.register(QueueCollector(queue.stats))
     workers = []
     if embedded:
-        runner = JobRunner(
-            registry,
-            device,
-            max_rows=config.max_rows_per_call,
-            max_call_bytes=config.max_call_bytes,
-            max_instances=settings.max_instances_per_request,
-        )
         observe = observe_outcomes(JobMetrics(metrics.registry))
         for index in range(embedded):
+            runner = JobRunner(  # one per worker thread: its own copies of the models
+                registry,
+                device,
+                max_rows=config.max_rows_per_call,
+                max_call_bytes=config.max_call_bytes,
+                max_instances=settings.max_instances_per_request,
+            )
             worker = Worker(
                 queue,
                 runner,
