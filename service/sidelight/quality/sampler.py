@@ -7,10 +7,14 @@ it scores the explanation with the deletion and insertion curves and their rando
 request: an offer is a random draw and, when kept, a put that never blocks (a full queue drops
 the sample and counts it).
 
-The scoring yields to requests: it starts only when the device is idle, no request queued or
-being computed (`busy`), waiting up to `max_wait_s`; a sample that never finds such a gap is
-dropped and counted (`sidelight_faithfulness_dropped_total{reason="busy"}`), so a saturated
-server keeps its throughput and says how much it could not score.
+The scoring yields to requests. Each of its model calls (one curve of one sample, a few
+batched forward passes) starts only after the device has been idle, no request queued or
+being computed (`busy`), for `quiet_s` on end: closed-loop callers leave the device idle for
+the instant between an answer and their next request, and a sampler that jumped into that
+instant took 19% of a saturated server's throughput (bench/sampling_overhead.py). A sample that
+finds no such gap within `max_wait_s` is dropped and counted
+(`sidelight_faithfulness_dropped_total{reason="busy"}`), so a saturated server keeps its
+throughput and says how much it could not score.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class FaithfulnessSampler:
         seed: int | None = None,
         busy: Callable[[], bool] = lambda: False,
         max_wait_s: float = 5.0,
+        quiet_s: float = 0.02,
     ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("the faithfulness sample fraction must be in [0, 1]")
@@ -65,6 +70,7 @@ class FaithfulnessSampler:
         self._draw = random.Random(seed)
         self._busy = busy
         self._max_wait_s = max_wait_s
+        self._quiet_s = quiet_s
         self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
         self._own = PrivateModels()  # never the executor's module (see Model.private_copy)
         self._thread = threading.Thread(target=self._run, name="faithfulness", daemon=True)
@@ -100,9 +106,7 @@ class FaithfulnessSampler:
     def _run(self) -> None:
         while (sample := self._queue.get()) is not None:
             try:
-                if self._wait_for_a_gap():
-                    self._score(sample)
-                else:
+                if not self._score(sample):
                     labels = (sample.model.name, sample.method, "busy")
                     self._metrics.faithfulness_dropped.labels(*labels).inc()
             except Exception:  # a sample that cannot be scored must not stop the sampler
@@ -114,14 +118,24 @@ class FaithfulnessSampler:
         self._queue.task_done()
 
     def _wait_for_a_gap(self) -> bool:
-        give_up = time.monotonic() + self._max_wait_s
-        while self._busy():
-            if time.monotonic() >= give_up:
+        """Until the device has been idle for `quiet_s` (True), or `max_wait_s` passed."""
+        now = time.monotonic()
+        give_up, idle_since = now + self._max_wait_s, None
+        while True:
+            if self._busy():
+                idle_since = None
+            elif idle_since is None:
+                idle_since = now
+            elif now - idle_since >= self._quiet_s:
+                return True
+            if now >= give_up:
                 return False
             time.sleep(0.002)
-        return True
+            now = time.monotonic()
 
-    def _score(self, sample: _Sample) -> None:
+    def _score(self, sample: _Sample) -> bool:
+        """Score one sample, one model call at a time, each in a gap; False (nothing
+        recorded) when a gap did not come."""
         model = self._own(sample.model)
         inputs = sample.inputs.to(model.device)
         maps = torch.from_numpy(sample.attributions).to(model.device, inputs.dtype)
@@ -130,35 +144,45 @@ class FaithfulnessSampler:
         # Images against a blurred copy: with a zero baseline most pixels of a sparse image
         # are already "deleted", and coarse maps score at chance (docs/quality.md).
         reference = Reference.BLUR if inputs.dim() == 4 else Reference.BASELINE
-        labels = (model.name, sample.method)
+        steps, rows = self._steps, self._max_rows
+        found: dict[Curve, tuple[list[float], list[float]]] = {}
         for kind in (Curve.DELETION, Curve.INSERTION):
-            found = curve(
+            if not self._wait_for_a_gap():
+                return False
+            explained = curve(
                 model,
                 inputs,
                 scores,
                 targets,
                 kind,
-                steps=self._steps,
+                steps=steps,
                 reference=reference,
-                max_rows=self._max_rows,
+                max_rows=rows,
             )
+            if not self._wait_for_a_gap():
+                return False
+            seed = self._draw.randrange(1 << 30)
             chance = random_curve(
                 model,
                 inputs,
                 targets,
                 kind,
                 orderings=1,
-                steps=self._steps,
+                steps=steps,
                 reference=reference,
-                max_rows=self._max_rows,
-                seed=self._draw.randrange(1 << 30),
+                max_rows=rows,
+                seed=seed,
             )
+            found[kind] = (explained.auc.tolist(), chance.auc.tolist())
+        labels = (model.name, sample.method)
+        for kind, (areas, baselines) in found.items():
             auc = self._metrics.faithfulness_auc.labels(*labels, kind.value)
             # Positive when the map beats a random ranking: less area for deletion,
             # more for insertion.
             sign = -1.0 if kind is Curve.DELETION else 1.0
             gain = self._metrics.faithfulness_gain.labels(*labels, kind.value)
-            for value, baseline in zip(found.auc.tolist(), chance.auc.tolist(), strict=True):
+            for value, baseline in zip(areas, baselines, strict=True):
                 auc.observe(value)
                 gain.observe(sign * (value - baseline))
         self._metrics.faithfulness_scored.labels(*labels).inc(inputs.shape[0])
+        return True
