@@ -4,15 +4,19 @@
     ├── InvalidArgument          the client sent something wrong; names the field
     │   ├── InvalidTensor        inputs: shape, dtype, size, NaN/Inf, range
     │   ├── InvalidTarget        targets: count or class out of range
-    │   └── InvalidParams        params: unknown key, wrong type, out of bounds
+    │   ├── InvalidParams        params: unknown key, wrong type, out of bounds
+    │   └── AuditRecordConflict  an audit record_id already recorded with other content
     ├── NotFound                 the named thing does not exist
     │   ├── ModelNotFound
     │   ├── VersionNotFound
     │   ├── MethodNotFound       unknown method, or one this model does not offer
-    │   └── JobNotFound          no such job, or one past its retention
+    │   ├── JobNotFound          no such job, or one past its retention
+    │   ├── AuditRecordNotFound  no audit record with that record_id (or one pruned)
+    │   └── SubjectErased        the subject's key is gone: its stored inputs cannot be read
     ├── Overloaded               the queue is full: try again later
     ├── DeadlineExceeded         the caller's deadline passed before the work could finish
     ├── Unavailable              the server is shutting down or a dependency is down
+    │   └── AuditUnavailable     the audit store cannot be reached or written
     └── ConfigError              a model repository entry is wrong (raised at start)
 
 The transport maps these to status codes in one table (sidelight.transport.status); anything
@@ -47,6 +51,15 @@ class InvalidParams(InvalidArgument):
     pass
 
 
+class AuditRecordConflict(InvalidArgument):
+    """A record_id is already in the audit log with different content. The same record
+    appended again (a retry after an unknown commit outcome) is not a conflict."""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__("record_id", f"{record_id!r} is already recorded with other content")
+        self.record_id = record_id
+
+
 class NotFound(SidelightError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -69,6 +82,20 @@ class JobNotFound(NotFound):
     pass
 
 
+class AuditRecordNotFound(NotFound):
+    def __init__(self, record_id: str) -> None:
+        super().__init__("record_id", f"no audit record {record_id!r}")
+        self.record_id = record_id
+
+
+class SubjectErased(NotFound):
+    """No key for the subject: it was erased (crypto-shredding) or never stored an input."""
+
+    def __init__(self, subject_id: str) -> None:
+        super().__init__("subject_id", f"no key for subject {subject_id!r}: erased or never stored")
+        self.subject_id = subject_id
+
+
 class Overloaded(SidelightError):
     """Admitting the request would exceed a configured capacity."""
 
@@ -79,6 +106,11 @@ class DeadlineExceeded(SidelightError):
 
 class Unavailable(SidelightError):
     pass
+
+
+class AuditUnavailable(Unavailable):
+    """The audit store is down or refused the write. The message names the store by a URL
+    with its password hidden."""
 
 
 class ConfigError(SidelightError):

@@ -1,0 +1,623 @@
+"""Where the audit log lives: one schema, one code path, two databases.
+
+`AuditStore.open(url)` takes `sqlite:///path/to/audit.db` (the embedded default, one machine)
+or `postgresql://user@host/db` (production: every API and worker replica writes into one
+store). Both run the same SQLAlchemy Core statements; the few dialect differences are marked
+where they occur.
+
+Tables (all prefixed `audit_`):
+
+    audit_records       seq PK, record_id UNIQUE, kind, time, subject_id, model, prev_hash,
+                        hash, content (the canonical JSON the hash covers), attributions and
+                        encrypted_input (the binary parts, whose SHA-256 the content holds);
+                        indexed by record_id, subject_id, time, and by hash and prev_hash so
+                        that the verifier can tell where a broken link points
+    audit_head          one row: the last seq and hash. Appends lock it; it also outlives a
+                        retention that removes every record
+    audit_checkpoints   signed heads (`sidelight.audit.checkpoint`)
+    audit_subject_keys  each subject's data key, wrapped (`sidelight.audit.subjects`)
+
+Appending is serialized across threads and processes: a transaction first locks the head
+(PostgreSQL: `SELECT … FOR UPDATE` on its row; SQLite: `BEGIN IMMEDIATE` takes the database's
+write lock), reads the last seq and hash, links the batch to them, inserts it with one
+executemany, moves the head and commits. SQLite runs in WAL mode with `synchronous=FULL`, and
+PostgreSQL commits synchronously, so a record is on disk when `append` returns.
+
+Appending a record_id that is already stored returns the stored record when the content is
+the same (a retry after a commit whose outcome was lost) and raises `AuditRecordConflict` when
+it differs. A store that cannot be reached or written raises `AuditUnavailable`, naming the
+store by its URL with the password hidden; so does one whose head row disagrees with its
+records (the insert then collides), which only tampering or a restore can cause.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from sidelight.audit.chain import GENESIS, Anchor, Head, link_content
+from sidelight.audit.checkpoint import Checkpoint, SignedCheckpoint
+from sidelight.audit.record import AuditRecord
+from sidelight.errors import AuditRecordConflict, AuditRecordNotFound, AuditUnavailable, ConfigError
+
+PAGE_SIZE = 1000
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for SQLite's write lock
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: libpq counts whole seconds
+_SQLITE_BEGIN = "sidelight_sqlite_begin"  # execution option read by _sqlite_begin
+_SCHEMA_LOCK = 0x5D1E_A0D1  # pg_advisory_xact_lock key while creating the schema
+_IN_CHUNK = 500  # record_ids per IN (...) list
+
+# SQLite: an INTEGER PRIMARY KEY is the rowid itself (no second index); PostgreSQL: BIGINT.
+_Seq = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+records_table = Table(
+    "audit_records",
+    metadata,
+    Column("seq", _Seq, primary_key=True, autoincrement=False),
+    Column("record_id", String, nullable=False, unique=True),
+    Column("kind", String, nullable=False),
+    Column("time", Double, nullable=False),
+    Column("subject_id", String, nullable=False),
+    Column("model", String, nullable=False),
+    Column("prev_hash", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("attributions", LargeBinary, nullable=False),
+    Column("encrypted_input", LargeBinary, nullable=False),
+    Index("ix_audit_records_subject_id", "subject_id"),
+    Index("ix_audit_records_time", "time"),
+    Index("ix_audit_records_hash", "hash"),
+    Index("ix_audit_records_prev_hash", "prev_hash"),
+)
+
+head_table = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+checkpoints_table = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", _Seq, primary_key=True, autoincrement=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    Column("time", Double, nullable=False),
+    Column("anchor_seq", BigInteger, nullable=False),
+    Column("anchor_prev_hash", LargeBinary, nullable=False),
+    Column("key_id", String, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Index("ix_audit_checkpoints_seq", "seq"),
+)
+
+subject_keys_table = Table(
+    "audit_subject_keys",
+    metadata,
+    Column("subject_id", String, primary_key=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created", Double, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    seq: int
+    prev_hash: bytes
+    hash: bytes
+    record: AuditRecord
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A row of audit_records as stored, nothing parsed or trusted: what the verifier reads."""
+
+    seq: int
+    record_id: str
+    kind: str
+    time: float
+    subject_id: str
+    model: str
+    prev_hash: bytes
+    hash: bytes
+    content: str
+    attributions: bytes
+    encrypted_input: bytes
+
+    def parse(self) -> StoredRecord:
+        record = AuditRecord.from_content(
+            json.loads(self.content), self.attributions, self.encrypted_input
+        )
+        return StoredRecord(self.seq, self.prev_hash, self.hash, record)
+
+
+class AuditReader:
+    """Reads on one connection inside one transaction; `AuditStore.reader()` makes it a
+    snapshot, so that a verifier sees the records, head and checkpoints of one moment."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def head(self) -> Head:
+        row = self._connection.execute(select(head_table.c.seq, head_table.c.hash)).one()
+        return Head(row.seq, row.hash)
+
+    def count(self) -> int:
+        return int(
+            self._connection.execute(select(func.count()).select_from(records_table)).scalar_one()
+        )
+
+    def first_seq(self) -> int | None:
+        first: int | None = self._connection.execute(select(func.min(records_table.c.seq))).scalar()
+        return first
+
+    def page(self, after_seq: int | None = None, limit: int = PAGE_SIZE) -> list[RawRecord]:
+        """Up to `limit` records with seq > after_seq (from the first if None), in seq order."""
+        query = select(records_table).order_by(records_table.c.seq).limit(limit)
+        if after_seq is not None:
+            query = query.where(records_table.c.seq > after_seq)
+        return [_raw(row) for row in self._connection.execute(query)]
+
+    def raw_records(
+        self, after_seq: int | None = None, page_size: int = PAGE_SIZE
+    ) -> Iterator[RawRecord]:
+        """Every record after `after_seq` in seq order, `page_size` rows in memory at a time
+        (from the first stored, whatever its seq, when None)."""
+        while page := self.page(after_seq, page_size):
+            yield from page
+            after_seq = page[-1].seq
+
+    def at(self, seq: int) -> RawRecord | None:
+        row = self._connection.execute(
+            select(records_table).where(records_table.c.seq == seq)
+        ).first()
+        return None if row is None else _raw(row)
+
+    def get(self, record_id: str) -> StoredRecord:
+        row = self._connection.execute(
+            select(records_table).where(records_table.c.record_id == record_id)
+        ).first()
+        if row is None:
+            raise AuditRecordNotFound(record_id)
+        return _raw(row).parse()
+
+    def for_subject(
+        self, subject_id: str, after_seq: int = 0, limit: int = PAGE_SIZE
+    ) -> list[StoredRecord]:
+        rows = self._connection.execute(
+            select(records_table)
+            .where(records_table.c.subject_id == subject_id, records_table.c.seq > after_seq)
+            .order_by(records_table.c.seq)
+            .limit(limit)
+        )
+        return [_raw(row).parse() for row in rows]
+
+    def seqs_with_hash(self, digest: bytes) -> list[int]:
+        query = (
+            select(records_table.c.seq)
+            .where(records_table.c.hash == digest)
+            .order_by(records_table.c.seq)
+        )
+        return list(self._connection.execute(query).scalars())
+
+    def seqs_linking_to(self, digest: bytes) -> list[int]:
+        """The records whose prev_hash is `digest`: the successors of the record hashed so."""
+        query = (
+            select(records_table.c.seq)
+            .where(records_table.c.prev_hash == digest)
+            .order_by(records_table.c.seq)
+        )
+        return list(self._connection.execute(query).scalars())
+
+    def checkpoints(self, newest_first: bool = False) -> Iterator[SignedCheckpoint]:
+        """Every stored checkpoint, in the order they were added (or the reverse), a page at
+        a time."""
+        order = checkpoints_table.c.id.desc() if newest_first else checkpoints_table.c.id
+        last: int | None = None
+        while True:
+            query = select(checkpoints_table).order_by(order).limit(PAGE_SIZE)
+            if last is not None:
+                query = query.where(
+                    checkpoints_table.c.id < last if newest_first else checkpoints_table.c.id > last
+                )
+            rows = self._connection.execute(query).all()
+            if not rows:
+                return
+            yield from (_checkpoint(row) for row in rows)
+            last = rows[-1].id
+
+    def subject_key(self, subject_id: str) -> bytes | None:
+        query = select(subject_keys_table.c.wrapped_key).where(
+            subject_keys_table.c.subject_id == subject_id
+        )
+        wrapped: bytes | None = self._connection.execute(query).scalar_one_or_none()
+        return wrapped
+
+    def count_encrypted_inputs(self, subject_id: str) -> int:
+        query = (
+            select(func.count())
+            .select_from(records_table)
+            .where(
+                records_table.c.subject_id == subject_id,
+                func.length(records_table.c.encrypted_input) > 0,
+            )
+        )
+        return int(self._connection.execute(query).scalar_one())
+
+
+class AuditTransaction(AuditReader):
+    """A write transaction holding the head lock from its start to its commit: everything done
+    through it (append, prune, checkpoint, erase) is atomic and sees no concurrent append."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        # SQLite ignores FOR UPDATE: there BEGIN IMMEDIATE already holds the write lock.
+        locked = connection.execute(
+            select(head_table.c.seq, head_table.c.hash)
+            .where(head_table.c.id == 1)
+            .with_for_update()
+        ).one()
+        self._head = Head(locked.seq, locked.hash)
+
+    def head(self) -> Head:
+        return self._head
+
+    def append(self, batch: Sequence[AuditRecord]) -> list[StoredRecord]:
+        """Link `batch` to the head and insert it; a record_id already stored (or repeated in
+        the batch) gives back the stored record if the content is the same."""
+        contents = [record.canonical_content() for record in batch]  # NaN refused before SQL
+        known = self._by_record_id([record.record_id for record in batch])
+        rows: list[dict[str, Any]] = []
+        stored: list[StoredRecord] = []
+        tip = self._head
+        for record, content in zip(batch, contents, strict=True):
+            prior = known.get(record.record_id)
+            if prior is not None:
+                if prior.content.encode() != content:
+                    raise AuditRecordConflict(record.record_id)
+                stored.append(prior.parse())
+                continue
+            digest = link_content(tip.hash, content)
+            entry = StoredRecord(tip.seq + 1, tip.hash, digest, record)
+            rows.append(_row(entry, content))
+            known[record.record_id] = RawRecord(**rows[-1])
+            stored.append(entry)
+            tip = Head(entry.seq, digest)
+        if rows:
+            self._connection.execute(insert(records_table), rows)
+            self._move_head(tip)
+        return stored
+
+    def first_seq_since(self, cutoff: float) -> int | None:
+        """The smallest seq of a record made at or after `cutoff`."""
+        query = select(func.min(records_table.c.seq)).where(records_table.c.time >= cutoff)
+        first: int | None = self._connection.execute(query).scalar()
+        return first
+
+    def delete_before(self, seq: int) -> int:
+        """Remove every record before `seq`; returns how many."""
+        result = self._connection.execute(delete(records_table).where(records_table.c.seq < seq))
+        return int(result.rowcount)
+
+    def add_checkpoint(self, signed: SignedCheckpoint) -> None:
+        checkpoint = signed.checkpoint
+        self._connection.execute(
+            insert(checkpoints_table).values(
+                seq=checkpoint.seq,
+                hash=checkpoint.hash,
+                time=checkpoint.time,
+                anchor_seq=checkpoint.anchor.seq,
+                anchor_prev_hash=checkpoint.anchor.prev_hash,
+                key_id=signed.key_id,
+                signature=signed.signature,
+            )
+        )
+
+    def delete_subject_key(self, subject_id: str) -> bool:
+        result = self._connection.execute(
+            delete(subject_keys_table).where(subject_keys_table.c.subject_id == subject_id)
+        )
+        return bool(result.rowcount)
+
+    def _move_head(self, tip: Head) -> None:
+        self._connection.execute(
+            update(head_table).where(head_table.c.id == 1).values(seq=tip.seq, hash=tip.hash)
+        )
+        self._head = tip
+
+    def _by_record_id(self, record_ids: list[str]) -> dict[str, RawRecord]:
+        found: dict[str, RawRecord] = {}
+        unique = sorted(set(record_ids))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            rows = self._connection.execute(
+                select(records_table).where(records_table.c.record_id.in_(chunk))
+            )
+            found.update((row.record_id, _raw(row)) for row in rows)
+        return found
+
+
+class AuditStore:
+    """The audit log's tables behind one engine. Thread-safe; each process opens its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Use `AuditStore.open(url)`; this takes an engine already configured by it."""
+        self.engine = engine
+        self.url = engine.url.render_as_string(hide_password=True)
+        self._password = engine.url.password
+
+    @classmethod
+    def open(cls, url: str) -> AuditStore:
+        """Connect, and create the tables if they are missing (safe from several processes
+        at once)."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ConfigError("audit store URL", None, "not a database URL") from None
+        store = cls(_make_engine(parsed))
+        store._create_schema()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[AuditTransaction]:
+        """One write transaction holding the head lock; commits when the block ends."""
+        with self._errors(), self.engine.begin() as connection:
+            yield AuditTransaction(connection)
+
+    def append(self, batch: Sequence[AuditRecord]) -> list[StoredRecord]:
+        """Append `batch` in one transaction, durable on return; the stored records, in order."""
+        if not batch:
+            return []
+        with self.transaction() as transaction:
+            return transaction.append(batch)
+
+    def add_subject_key(self, subject_id: str, wrapped_key: bytes, created: float) -> bytes:
+        """Store a subject's wrapped key unless one exists; returns the one stored (another
+        process's, if it got there first)."""
+        with self._errors():
+            try:
+                with self.engine.begin() as connection:
+                    existing = AuditReader(connection).subject_key(subject_id)
+                    if existing is not None:
+                        return existing
+                    connection.execute(
+                        insert(subject_keys_table).values(
+                            subject_id=subject_id, wrapped_key=wrapped_key, created=created
+                        )
+                    )
+                    return wrapped_key
+            except IntegrityError:  # PostgreSQL: a concurrent insert of the same subject won
+                with self.reader() as reader:
+                    stored = reader.subject_key(subject_id)
+                if stored is None:
+                    raise
+                return stored
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[AuditReader]:
+        """A read-only snapshot: what it returns stays consistent while others append."""
+        with self._errors(), self.engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execution_options(isolation_level="REPEATABLE READ")
+            else:  # SQLite in WAL mode: a deferred transaction reads one snapshot, locks nothing
+                connection.execution_options(**{_SQLITE_BEGIN: "DEFERRED"})
+            with connection.begin():
+                yield AuditReader(connection)
+
+    def head(self) -> Head:
+        with self.reader() as reader:
+            return reader.head()
+
+    def count(self) -> int:
+        with self.reader() as reader:
+            return reader.count()
+
+    def get(self, record_id: str) -> StoredRecord:
+        with self.reader() as reader:
+            return reader.get(record_id)
+
+    def for_subject(
+        self, subject_id: str, after_seq: int = 0, limit: int = PAGE_SIZE
+    ) -> list[StoredRecord]:
+        with self.reader() as reader:
+            return reader.for_subject(subject_id, after_seq, limit)
+
+    def subject_key(self, subject_id: str) -> bytes | None:
+        with self.reader() as reader:
+            return reader.subject_key(subject_id)
+
+    def records(self, after_seq: int = 0, page_size: int = PAGE_SIZE) -> Iterator[StoredRecord]:
+        """Every record after `after_seq` in seq order, for export; each page is read in its
+        own short transaction, so a long export holds no snapshot open."""
+        while True:
+            with self.reader() as reader:
+                page = reader.page(after_seq, page_size)
+            if not page:
+                return
+            yield from (raw.parse() for raw in page)
+            after_seq = page[-1].seq
+
+    def checkpoints(self) -> list[SignedCheckpoint]:
+        with self.reader() as reader:
+            return list(reader.checkpoints())
+
+    # -- the boundary ----------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Database errors that mean "cannot reach or write the store" become AuditUnavailable,
+        here and nowhere else."""
+        try:
+            yield
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            raise AuditUnavailable(
+                f"audit store {self.url} is unavailable: {self._reason(exc)}"
+            ) from exc
+        except IntegrityError as exc:  # appends check record_ids first: the head is wrong
+            raise AuditUnavailable(
+                f"audit store {self.url} refused the write: {self._reason(exc)}; its head and "
+                "its records disagree, verify the log"
+            ) from exc
+
+    def _reason(self, exc: Exception) -> str:
+        cause = getattr(exc, "orig", None) or exc
+        lines = str(cause).strip().splitlines()
+        reason = lines[0] if lines else type(cause).__name__
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return reason
+
+    def _create_schema(self) -> None:
+        with self._errors(), self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas may start together. PostgreSQL's DDL is transactional, so under one
+                # lock "create what is missing" is atomic. (SQLite: BEGIN IMMEDIATE did that.)
+                connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            metadata.create_all(connection)
+            if connection.execute(select(head_table.c.id)).first() is None:
+                connection.execute(insert(head_table).values(id=1, seq=0, hash=GENESIS))
+
+
+def _make_engine(url: URL) -> Engine:
+    # hide_parameters: a database error's text never carries record contents into a log.
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if url.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise ConfigError("audit store URL", None, f"unsupported driver {url.drivername!r}")
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise ConfigError(
+                "audit store URL", None, "SQLite needs a file path: sqlite:///path/to/audit.db"
+            )
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AuditUnavailable(f"audit store {url}: cannot create its folder: {exc}") from exc
+        engine = create_engine(
+            url, hide_parameters=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}
+        )
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if url.get_backend_name() == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
+        if url.drivername != "postgresql+psycopg":
+            raise ConfigError(
+                "audit store URL", None, f"unsupported driver {url.drivername!r}: use postgresql://"
+            )
+        return create_engine(
+            url,
+            hide_parameters=True,
+            pool_pre_ping=True,  # a server restarted since: reconnect instead of failing once
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "sidelight"},
+        )
+    raise ConfigError(
+        "audit store URL",
+        None,
+        f"unsupported database {url.get_backend_name()!r}: use sqlite:///path or postgresql://…",
+    )
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy's pysqlite recipe: the driver's own transaction handling off, so that
+    # _sqlite_begin can open every write transaction with BEGIN IMMEDIATE (the write lock from
+    # the first statement, instead of a deadlock-prone upgrade at the first write).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=FULL")  # in WAL mode, FULL syncs every commit
+    cursor.execute("PRAGMA secure_delete=ON")  # an erased subject's key is overwritten on disk
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    mode = connection.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _raw(row: Row[Any]) -> RawRecord:
+    return RawRecord(
+        seq=row.seq,
+        record_id=row.record_id,
+        kind=row.kind,
+        time=row.time,
+        subject_id=row.subject_id,
+        model=row.model,
+        prev_hash=bytes(row.prev_hash),
+        hash=bytes(row.hash),
+        content=row.content,
+        attributions=bytes(row.attributions),
+        encrypted_input=bytes(row.encrypted_input),
+    )
+
+
+def _row(entry: StoredRecord, content: bytes) -> dict[str, Any]:
+    record = entry.record
+    return {
+        "seq": entry.seq,
+        "record_id": record.record_id,
+        "kind": record.kind.value,
+        "time": record.time,
+        "subject_id": record.subject_id,
+        "model": record.model,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "content": content.decode(),
+        "attributions": record.attributions,
+        "encrypted_input": record.encrypted_input,
+    }
+
+
+def _checkpoint(row: Row[Any]) -> SignedCheckpoint:
+    return SignedCheckpoint(
+        checkpoint=Checkpoint(
+            seq=row.seq,
+            hash=bytes(row.hash),
+            time=row.time,
+            anchor=Anchor(row.anchor_seq, bytes(row.anchor_prev_hash)),
+        ),
+        key_id=row.key_id,
+        signature=bytes(row.signature),
+    )

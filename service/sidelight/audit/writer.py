@@ -1,0 +1,193 @@
+"""The audit writer: group commit, so that a durable record does not cost a transaction each.
+
+Every record must be on disk before the caller answers, and a durable commit costs a disk
+sync (milliseconds) while holding the chain's head lock. One transaction per record would cap
+the whole service at a few hundred decisions a second and queue every request behind that
+lock. So callers only enqueue (`submit`, or `await write` from an event loop); one background
+thread takes everything pending, up to `max_batch`, appends it in one transaction and then
+resolves each caller's future with its seq, or fails them all with `AuditUnavailable`. Under
+load batches grow by themselves; alone, a record waits for nothing but its own commit.
+
+A record_id that conflicts with a stored record fails only its own caller: the batch is then
+retried one record at a time. The writer also signs a checkpoint of the head every
+`checkpoint_every` records or `checkpoint_interval_s` seconds, whichever comes first, and once
+more when closed, so that the records left unsigned at any moment are few and recent. A
+backlog beyond `max_pending` (a store slower than the traffic) is refused with `Overloaded`
+rather than held in memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from sidelight.audit.record import AuditRecord
+from sidelight.audit.signing import Signer
+from sidelight.audit.store import AuditStore
+from sidelight.errors import (
+    AuditRecordConflict,
+    AuditUnavailable,
+    Overloaded,
+    SidelightError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    record: AuditRecord
+    future: Future[int]
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: Signer | None = None,
+        *,
+        max_batch: int = 256,
+        max_pending: int = 100_000,
+        checkpoint_every: int = 10_000,
+        checkpoint_interval_s: float = 60.0,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1 or checkpoint_every < 1 or checkpoint_interval_s <= 0:
+            raise ValueError("batch, backlog and checkpoint sizes and interval must be positive")
+        self._store = store
+        self._signer = signer
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval_s = checkpoint_interval_s
+        # None, the last item: write what came before it, then stop.
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # orders submit against close
+        self._closed = False
+        self._unsigned = 0  # records appended since the last checkpoint
+        self._last_checkpoint = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # -- the callers' side -----------------------------------------------------------------
+
+    def submit(self, record: AuditRecord) -> Future[int]:
+        """Queue `record`; the future resolves to its seq once it is durable."""
+        future: Future[int] = Future()
+        with self._lock:
+            if self._closed:
+                raise AuditUnavailable("the audit writer is closed")
+            if self._queue.qsize() >= self._max_pending:
+                raise Overloaded(f"{self._max_pending} audit records are waiting to be written")
+            self._queue.put(_Pending(record, future))
+        return future
+
+    async def write(self, record: AuditRecord) -> int:
+        """Write `record` and return its seq, without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(record))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything submitted so far, sign a last checkpoint, and stop."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch, closing = self._next_batch()
+            if batch:
+                self._commit(batch)
+            self._checkpoint_if_due(closing)
+            if closing:
+                return
+
+    def _next_batch(self) -> tuple[list[_Pending], bool]:
+        """Wait for the first pending record (or for a checkpoint to fall due), then take what
+        else is already waiting, up to max_batch."""
+        batch: list[_Pending] = []
+        try:
+            item = self._queue.get(timeout=self._until_checkpoint())
+        except queue.Empty:
+            return batch, False
+        while item is not None:
+            batch.append(item)
+            if len(batch) == self._max_batch:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        # A caller that cancelled still gets its record written: the decision happened.
+        waiting = [pending.future.set_running_or_notify_cancel() for pending in batch]
+        try:
+            stored = self._store.append([pending.record for pending in batch])
+        except AuditRecordConflict as exc:
+            if len(batch) == 1:
+                self._fail(batch, waiting, exc)
+                return
+            for pending, running in zip(batch, waiting, strict=True):  # only the offender fails
+                self._commit_one(pending, running)
+            return
+        except SidelightError as exc:
+            log.warning("audit batch of %d not written: %s", len(batch), exc)
+            self._fail(batch, waiting, exc)
+            return
+        except Exception as exc:  # a bug: fail the callers, keep the writer alive
+            log.exception("audit batch of %d not written", len(batch))
+            self._fail(batch, waiting, exc)
+            return
+        self._unsigned += len(batch)
+        for pending, running, entry in zip(batch, waiting, stored, strict=True):
+            if running:
+                pending.future.set_result(entry.seq)
+
+    def _commit_one(self, pending: _Pending, running: bool) -> None:
+        try:
+            [entry] = self._store.append([pending.record])
+        except Exception as exc:
+            if running:
+                pending.future.set_exception(exc)
+            return
+        self._unsigned += 1
+        if running:
+            pending.future.set_result(entry.seq)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], waiting: list[bool], exc: BaseException) -> None:
+        for pending, running in zip(batch, waiting, strict=True):
+            if running:
+                pending.future.set_exception(exc)
+
+    def _until_checkpoint(self) -> float | None:
+        if self._signer is None or self._unsigned == 0:
+            return None
+        due = self._last_checkpoint + self._checkpoint_interval_s
+        return max(0.0, due - time.monotonic())
+
+    def _checkpoint_if_due(self, closing: bool) -> None:
+        if self._signer is None or self._unsigned == 0:
+            return
+        late = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+        if not (closing or late or self._unsigned >= self._checkpoint_every):
+            return
+        try:
+            with self._store.transaction() as transaction:
+                signed = self._signer.checkpoint(transaction)
+        except SidelightError as exc:  # retried when next due; the records themselves are safe
+            log.warning("audit checkpoint not written: %s", exc)
+            self._last_checkpoint = time.monotonic()
+            return
+        log.debug("audit checkpoint at seq %d", signed.checkpoint.seq)
+        self._unsigned = 0
+        self._last_checkpoint = time.monotonic()

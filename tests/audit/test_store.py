@@ -1,0 +1,186 @@
+"""The store, on SQLite and on a real PostgreSQL: appends link a consecutive chain in one
+transaction, reads find what was written, retries are idempotent, and a store that is down
+raises AuditUnavailable without leaking the URL's password."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from pathlib import Path
+
+import pytest
+from sidelight.audit.chain import GENESIS, Head, link_hash
+from sidelight.audit.record import RecordKind
+from sidelight.audit.store import AuditStore
+from sidelight.audit.writer import AuditWriter
+from sidelight.errors import (
+    AuditRecordConflict,
+    AuditRecordNotFound,
+    AuditUnavailable,
+    ConfigError,
+)
+from sqlalchemy import inspect
+
+from .support import PostgresServer, create_database, free_port, make_record, sql
+
+
+def test_append_links_a_consecutive_chain(store: AuditStore) -> None:
+    first = store.append([make_record(1), make_record(2)])
+    second = store.append([make_record(3)])
+    stored = first + second
+    assert [entry.seq for entry in stored] == [1, 2, 3]
+    assert stored[0].prev_hash == GENESIS
+    for before, entry in itertools.pairwise(stored):
+        assert entry.prev_hash == before.hash
+    for entry in stored:
+        assert entry.hash == link_hash(entry.prev_hash, entry.record)
+    assert store.head() == Head(3, stored[-1].hash)
+    assert store.count() == 3
+
+
+def test_reads_give_back_what_was_written(store: AuditStore) -> None:
+    records = [make_record(n, subject_id="alice" if n % 2 else "bob") for n in range(1, 8)]
+    store.append(records)
+    got = store.get("rec-00003")
+    assert got.seq == 3
+    assert got.record == records[2]
+    assert [entry.record for entry in store.records(page_size=3)] == records
+    assert [entry.seq for entry in store.records(after_seq=5)] == [6, 7]
+    assert [entry.seq for entry in store.for_subject("alice")] == [1, 3, 5, 7]
+    assert [entry.seq for entry in store.for_subject("alice", after_seq=3, limit=1)] == [5]
+
+
+def test_unknown_record_is_not_found(store: AuditStore) -> None:
+    with pytest.raises(AuditRecordNotFound) as caught:
+        store.get("nope")
+    assert caught.value.field == "record_id"
+
+
+def test_same_record_again_is_idempotent(store: AuditStore) -> None:
+    [first] = store.append([make_record(1)])
+    again = store.append([make_record(1), make_record(2), make_record(2)])
+    assert [entry.seq for entry in again] == [1, 2, 2]
+    assert again[0] == first
+    assert store.count() == 2
+
+
+def test_conflicting_record_fails_the_whole_batch(store: AuditStore) -> None:
+    store.append([make_record(1)])
+    with pytest.raises(AuditRecordConflict) as caught:
+        store.append([make_record(2), make_record(1, caller="someone else")])
+    assert caught.value.field == "record_id"
+    assert store.count() == 1
+    assert store.head().seq == 1
+
+
+def test_a_record_that_cannot_be_serialized_writes_nothing(store: AuditStore) -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        store.append([make_record(1), make_record(2, outputs=((math.nan, 1.0),))])
+    assert store.count() == 0
+
+
+def test_reopening_keeps_the_chain(store_url: str) -> None:
+    with_records = AuditStore.open(store_url)
+    with_records.append([make_record(1), make_record(2)])
+    with_records.close()
+    reopened = AuditStore.open(store_url)
+    try:
+        assert reopened.head().seq == 2
+        assert reopened.append([make_record(3)])[0].seq == 3
+    finally:
+        reopened.close()
+
+
+def test_stores_opened_at_once_create_one_schema(store_url: str) -> None:
+    opened: list[AuditStore] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(AuditStore.open(store_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    opened[0].append([make_record(1)])
+    assert all(each.count() == 1 for each in opened)
+    for each in opened:
+        each.close()
+
+
+def test_urls_that_cannot_work_are_config_errors(tmp_path: Path) -> None:
+    for url in ("mysql://u@h/db", "sqlite://", "sqlite:///:memory:", "not a url"):
+        with pytest.raises(ConfigError):
+            AuditStore.open(url)
+
+
+def test_sqlite_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(AuditUnavailable):
+        AuditStore.open(f"sqlite:///{tmp_path / 'a-file' / 'audit.db'}")
+
+
+def test_unreachable_postgres_is_unavailable_and_hides_the_password() -> None:
+    url = f"postgresql://sidelight:s3cret-pw@127.0.0.1:{free_port()}/audit"
+    with pytest.raises(AuditUnavailable) as caught:
+        AuditStore.open(url)
+    assert "s3cret-pw" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+
+
+def test_store_down_then_back(private_postgres: PostgresServer) -> None:
+    url = create_database(private_postgres.admin_url)
+    store = AuditStore.open(url)
+    writer = AuditWriter(store)
+    try:
+        assert store.append([make_record(1)])[0].seq == 1
+        private_postgres.stop()
+        with pytest.raises(AuditUnavailable, match="unavailable"):
+            store.append([make_record(2)])
+        with pytest.raises(AuditUnavailable):
+            writer.submit(make_record(2)).result(30)
+        with pytest.raises(AuditUnavailable):
+            store.head()
+        private_postgres.start()
+        assert store.append([make_record(2)])[0].seq == 2
+        assert writer.submit(make_record(3)).result(30) == 3
+        assert [entry.record.kind for entry in store.records()] == [RecordKind.EXPLANATION] * 3
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_schema_and_indexes(store: AuditStore) -> None:
+    inspector = inspect(store.engine)
+    assert {"audit_records", "audit_head", "audit_checkpoints", "audit_subject_keys"} <= set(
+        inspector.get_table_names()
+    )
+    indexed = {tuple(index["column_names"]) for index in inspector.get_indexes("audit_records")}
+    unique = {tuple(c["column_names"]) for c in inspector.get_unique_constraints("audit_records")}
+    assert {("subject_id",), ("time",), ("hash",), ("prev_hash",)} <= indexed
+    assert ("record_id",) in indexed | unique
+    assert inspector.get_pk_constraint("audit_records")["constrained_columns"] == ["seq"]
+
+
+def test_sqlite_commits_durably(tmp_path: Path) -> None:
+    store = AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        store.close()
+
+
+def test_a_head_behind_its_records_refuses_appends(store: AuditStore) -> None:
+    store.append([make_record(1), make_record(2)])
+    sql(store, "UPDATE audit_head SET seq = 1")
+    with pytest.raises(AuditUnavailable, match="verify"):
+        store.append([make_record(3)])
+    assert store.count() == 2

@@ -1,0 +1,137 @@
+"""The group-commit writer: many threads, an event loop and several processes writing into
+one store get distinct, consecutive seqs, and the chain verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from sidelight.audit.signing import Signer
+from sidelight.audit.store import AuditStore
+from sidelight.audit.verify import verify
+from sidelight.audit.writer import AuditWriter
+from sidelight.errors import AuditRecordConflict, AuditUnavailable
+
+from .support import make_record
+
+HERE = Path(__file__).parent
+
+
+def test_many_threads_one_chain(store: AuditStore, signer: Signer) -> None:
+    threads, each = 16, 25
+    writer = AuditWriter(store, signer, max_batch=64, checkpoint_every=100)
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def write(thread: int) -> None:
+        futures = [writer.submit(make_record(thread * 1000 + n)) for n in range(each)]
+        got = [future.result(60) for future in futures]
+        with lock:
+            seqs.extend(got)
+
+    workers = [threading.Thread(target=write, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    writer.close()
+    assert sorted(seqs) == list(range(1, threads * each + 1))
+    assert store.count() == threads * each
+    report = verify(store, signer.public_key)
+    assert report.ok, report.problems
+    assert report.last_checkpoint is not None
+    assert report.last_checkpoint.seq == threads * each  # signed once more at close
+
+
+def test_writes_from_an_event_loop(store: AuditStore) -> None:
+    writer = AuditWriter(store)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(writer.write(make_record(n)) for n in range(50))))
+
+    try:
+        seqs = asyncio.run(main())
+    finally:
+        writer.close()
+    assert sorted(seqs) == list(range(1, 51))
+    assert [store.get(f"rec-{n:05d}").seq for n in range(50)] == seqs
+
+
+def test_close_writes_everything_submitted(store: AuditStore) -> None:
+    writer = AuditWriter(store, max_batch=8)
+    futures = [writer.submit(make_record(n)) for n in range(100)]
+    writer.close()
+    assert all(future.done() for future in futures)
+    assert store.count() == 100
+    with pytest.raises(AuditUnavailable, match="closed"):
+        writer.submit(make_record(101))
+
+
+def test_a_conflict_fails_only_its_own_record(store: AuditStore) -> None:
+    store.append([make_record(1)])
+    writer = AuditWriter(store, max_batch=64)
+    futures: list[Future[int]] = [writer.submit(make_record(n)) for n in range(2, 6)]
+    conflicting = writer.submit(make_record(1, caller="another"))
+    futures += [writer.submit(make_record(n)) for n in range(6, 9)]
+    retry = writer.submit(make_record(1))
+    writer.close()
+    with pytest.raises(AuditRecordConflict):
+        conflicting.result(10)
+    assert retry.result(10) == 1
+    assert sorted(future.result(10) for future in futures) == list(range(2, 9))
+
+
+def test_checkpoints_every_n_records_and_at_close(store: AuditStore, signer: Signer) -> None:
+    writer = AuditWriter(store, signer, checkpoint_every=10, max_batch=5)
+    for n in range(35):
+        writer.submit(make_record(n)).result(10)
+    writer.close()
+    seqs = [signed.checkpoint.seq for signed in store.checkpoints()]
+    assert seqs == [10, 20, 30, 35]
+
+
+def test_checkpoints_when_the_interval_passes(store: AuditStore, signer: Signer) -> None:
+    writer = AuditWriter(store, signer, checkpoint_interval_s=0.1)
+    try:
+        writer.submit(make_record(1)).result(10)
+        give_up = time.monotonic() + 10
+        while not store.checkpoints() and time.monotonic() < give_up:
+            time.sleep(0.02)
+        assert [signed.checkpoint.seq for signed in store.checkpoints()] == [1]
+    finally:
+        writer.close()
+    assert len(store.checkpoints()) == 1  # nothing new since: no second checkpoint at close
+
+
+def test_processes_write_into_one_chain(store_url: str, signer: Signer) -> None:
+    """Several processes, each with its own store and writer, started together on a store
+    that none of them has created yet."""
+    processes, each = 4, 60
+    started = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "append_worker.py"), store_url, f"p{p}", str(each)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for p in range(processes)
+    ]
+    seqs: list[int] = []
+    for process in started:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()
+        seqs += json.loads(out)
+    assert sorted(seqs) == list(range(1, processes * each + 1))
+    store = AuditStore.open(store_url)
+    try:
+        assert store.count() == processes * each
+        report = verify(store, signer.public_key)
+        assert report.ok, report.problems
+    finally:
+        store.close()
