@@ -12,7 +12,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 METRICS_PORT ?= 9095
 
-.PHONY: run test lint typecheck unit protos bench demo clean redis-server
+.PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ run: $(DEMO)
 	$(BIN)/sidelight serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT) \
 		--metrics-port $(METRICS_PORT)
 
-test: $(DEMO) redis-server lint typecheck unit
+test: $(DEMO) redis-server postgresql browser lint typecheck unit
 
 # The job tests start private redis-server processes; install Debian's package if missing.
 redis-server:
@@ -37,6 +37,21 @@ redis-server:
 		echo "redis-server missing: installing Debian's package"; \
 		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
+
+# The audit tests start private PostgreSQL servers (initdb, pg_ctl): Debian's package if missing.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "PostgreSQL missing: installing Debian's package"; \
+		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; }
+
+# The audit report's test opens the report in a headless browser: Debian's chromium and its
+# driver, installed if missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "chromium missing: installing Debian's packages"; \
+		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check service handlers tests bench protos
@@ -55,6 +70,8 @@ bench: $(DEMO)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/sync_throughput.py --repository $(REPOSITORY)
 	$(BIN)/python bench/job_throughput.py --repository $(REPOSITORY)
+	$(BIN)/python bench/sampling_overhead.py --repository $(REPOSITORY)
+	$(BIN)/python bench/audit_overhead.py --repository $(REPOSITORY)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -31,7 +32,7 @@ from sidelight.models.config import load_config
 from sidelight.models.loaders import load_model
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
-from sidelight.settings import BatchingSettings, ServerSettings
+from sidelight.settings import AuditSettings, BatchingSettings, ServerSettings
 from sidelight.transport.server import Service
 from torch import nn
 
@@ -140,6 +141,8 @@ def server_settings(model_repository: Path, **batching: object) -> ServerSetting
         metrics_port=0,
         grace_period_s=2.0,
         faithfulness_sample=0.0,  # tests that sample say so
+        # Every test server keeps a strict audit log (SQLite) of its own.
+        audit=AuditSettings(data_dir=Path(tempfile.mkdtemp(prefix="sidelight-audit-"))),
         batching=replace(BatchingSettings(), **batching),  # type: ignore[arg-type]
     )
 

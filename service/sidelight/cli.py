@@ -22,6 +22,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from sidelight.audit.commands import add_audit_arguments
+from sidelight.audit.commands import add_commands as add_audit_commands
+from sidelight.errors import SidelightError
 from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
 from sidelight.settings import (
+    AUDIT_MODES,
+    AuditSettings,
     BatchingSettings,
     JobSettings,
     QueueSettings,
@@ -53,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except SidelightError as exc:  # e.g. an audit record not found, a subject erased
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -100,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
         help="job worker threads in the server when there is no --redis-url (0: none)",
     )
     _queue_arguments(serve)
+    _audit_arguments(serve)
+    serve.add_argument(
+        "--audit-record-predictions", action="store_true", help="record every Predict too"
+    )
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser("worker", help="run job workers on a Redis queue")
@@ -112,7 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=9096, help="-1: no /metrics")
     worker.add_argument("--torch-threads", type=int)
     _queue_arguments(worker)
+    _audit_arguments(worker)
     worker.set_defaults(run=_worker)
+
+    add_audit_commands(commands)
 
     models = commands.add_parser("models", help="model repository tools")
     model_commands = models.add_subparsers(required=True, metavar="command")
@@ -247,6 +263,7 @@ def _worker(args: argparse.Namespace) -> int:
         host=args.host,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         torch_threads=args.torch_threads,
+        audit=_audit_settings(args),
     )
     return run_workers(settings)
 
@@ -257,6 +274,31 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default="")
     parser.add_argument("--input", type=Path, required=True, help="image, .npy, .csv or .json")
     parser.add_argument("--timeout", type=float, default=120.0)
+
+
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audit",
+        choices=AUDIT_MODES,
+        default=AuditSettings.mode,
+        help="strict: no explanation returned unrecorded (default); best_effort: returned, "
+        "the failure counted; off: no audit log",
+    )
+    add_audit_arguments(parser)
+    parser.add_argument(
+        "--audit-store-inputs",
+        action="store_true",
+        help="keep raw inputs, encrypted under the subject's key (requests with a subject_id)",
+    )
+
+
+def _audit_settings(args: argparse.Namespace) -> AuditSettings:
+    return AuditSettings(
+        mode=args.audit,
+        data_dir=args.audit_dir,
+        url=args.audit_url,
+        store_inputs=args.audit_store_inputs,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -281,6 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
         torch_threads=args.torch_threads,
         retain_freed_memory=not args.release_freed_memory,
         faithfulness_sample=args.faithfulness_sample,
+        audit=replace(_audit_settings(args), record_predictions=args.audit_record_predictions),
         jobs=JobSettings(
             redis_url=args.redis_url,
             queue=_queue_settings(args),

@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sidelight.audit.log import AuditLog
+from sidelight.audit.record import AuditRecord
+from sidelight.audit.store import StoredRecord
 from sidelight.batching.scheduler import Group, Scheduler
 from sidelight.errors import InvalidArgument, InvalidParams, InvalidTensor, Unavailable
 from sidelight.explanations import (
@@ -71,6 +74,8 @@ class PredictRequest:
     model_version: str = ""
     request_id: str = ""
     deadline: float | None = None  # time.monotonic() deadline
+    subject_id: str = ""  # the person the decision is about (audit log)
+    caller: str = ""  # who asked: the authenticated peer, or the caller header (audit log)
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class ExplainRequest:
     params: Mapping[str, Any] | None = None
     request_id: str = ""
     deadline: float | None = None
+    subject_id: str = ""
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,12 +166,14 @@ class DataPlane:
         *,
         jobs: JobQueue | None = None,
         sampler: FaithfulnessSampler | None = None,
+        audit: AuditLog | None = None,
         max_instances_per_request: int = 1024,
     ) -> None:
         self._registry = registry
         self._scheduler = scheduler
         self._jobs = jobs
         self._sampler = sampler
+        self._audit = audit
         self._evaluations = asyncio.Semaphore(1)
         self._own = PrivateModels()  # Evaluate's copies, never the executor's modules
         self._max_instances = max_instances_per_request
@@ -209,6 +218,18 @@ class DataPlane:
         result: BatchResult = await self._scheduler.submit(
             group, inputs, no_targets, 0, request.deadline
         )
+        if self._audit is not None and self._audit.settings.record_predictions:
+            record = await self._audit_record(
+                self._audit.prediction,
+                entry.primary,
+                request.inputs,
+                result.outputs,
+                result.targets,
+                request_id=request.request_id,
+                caller=request.caller,
+                subject_id=request.subject_id,
+            )
+            await self._audit.write(record)
         return Prediction(
             entry.name, entry.version, result.outputs, result.targets, request.request_id
         )
@@ -233,12 +254,7 @@ class DataPlane:
         result: BatchResult = await self._scheduler.submit(
             group, inputs, targets, seed or 0, request.deadline
         )
-        if self._sampler is not None and result.attributions is not None:
-            # A random draw; when kept, scored later on the sampler's thread.
-            self._sampler.offer(
-                entry.primary, method.name, inputs, result.attributions, result.targets
-            )
-        return explanation_of(
+        explanation = explanation_of(
             entry.name,
             entry.version,
             method,
@@ -249,6 +265,50 @@ class DataPlane:
             request_id=request.request_id,
             instances=inputs.shape[0],
         )
+        if self._sampler is not None:
+            # A random draw; when kept, scored later on the sampler's thread.
+            self._sampler.offer(
+                entry.primary,
+                method.name,
+                inputs,
+                explanation.attributions,
+                explanation.targets,
+                explanation.explanation_id,
+            )
+        if self._audit is not None:
+            # Recorded (durably) before it is returned; strict mode: not returned otherwise.
+            record = await self._audit_record(
+                self._audit.explanation,
+                explanation,
+                entry.primary,
+                request.inputs,
+                params.model_dump(mode="json"),
+                caller=request.caller,
+                subject_id=request.subject_id,
+            )
+            await self._audit.write(record)
+        return explanation
+
+    async def _audit_record(
+        self, build: Callable[..., AuditRecord], *args: Any, **kw: Any
+    ) -> AuditRecord:
+        """Built here; on a thread when the input is to be encrypted (its subject's key may
+        have to be read from, or created in, the store)."""
+        assert self._audit is not None
+        if self._audit.settings.store_inputs and kw.get("subject_id"):
+            return await asyncio.to_thread(build, *args, **kw)
+        return build(*args, **kw)
+
+    async def get_audit_record(self, record_id: str) -> StoredRecord:
+        if self._audit is None:
+            raise Unavailable("this server keeps no audit log (--audit off)")
+        if not record_id:
+            raise InvalidArgument("record_id", "is empty")
+        if len(record_id) > 64 or not record_id.isalnum():
+            raise InvalidArgument(
+                "record_id", "is not a record id (letters and digits, at most 64)"
+            )
+        return await asyncio.to_thread(self._audit.store.get, record_id)
 
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
@@ -330,6 +390,8 @@ class DataPlane:
             submitted_at=now,
             digest=_request_digest(request),
             evaluate=evaluate,
+            subject_id=request.subject_id,
+            caller=request.caller,
         )
         return await asyncio.to_thread(queue.submit, spec)
 

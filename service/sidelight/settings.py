@@ -80,6 +80,44 @@ class JobSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditSettings:
+    # "strict": an explanation whose record cannot be committed is not returned (UNAVAILABLE);
+    # "best_effort": it is returned anyway, the failure logged and counted; "off": no log.
+    mode: str = "strict"
+    # The keys (checkpoint signing key, key-encryption key, input HMAC key) and, unless `url`
+    # names another store, the SQLite store `audit.db`.
+    data_dir: Path = Path("var/audit")
+    # "": SQLite in data_dir; "postgresql://..." for one store behind several replicas.
+    url: str = ""
+    # Record every Predict too, not only explanations.
+    record_predictions: bool = False
+    # Keep raw inputs, encrypted under the subject's key (requests that name a subject_id).
+    store_inputs: bool = False
+    # A signed checkpoint of the chain's head every so many records or seconds.
+    checkpoint_every: int = 10_000
+    checkpoint_interval_s: float = 60.0
+    # Reasons kept per instance in the record's summary.
+    top_k: int = 8
+
+    def __post_init__(self) -> None:
+        if self.mode not in AUDIT_MODES:
+            raise ValueError(f"audit mode {self.mode!r}: one of {list(AUDIT_MODES)}")
+        if self.top_k < 1 or self.checkpoint_every < 1 or self.checkpoint_interval_s <= 0:
+            raise ValueError("audit top_k, checkpoint_every and checkpoint_interval_s must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def store_url(self) -> str:
+        return self.url or f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+
+
+AUDIT_MODES = ("strict", "best_effort", "off")
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkerSettings:
     """`sidelight worker`: processes that run jobs from a Redis queue."""
 
@@ -97,6 +135,7 @@ class WorkerSettings:
     host: str = "127.0.0.1"
     metrics_port: int | None = 9096  # None: no /metrics; 0: any free port
     torch_threads: int | None = None
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def __post_init__(self) -> None:
         if self.processes < 1:
@@ -128,3 +167,4 @@ class ServerSettings:
     # against random rankings) on a background thread, only while the device is idle; 0 turns
     # the sampler off. Its cost under load: bench/sampling_overhead.py, docs/benchmarks.md.
     faithfulness_sample: float = 0.01
+    audit: AuditSettings = field(default_factory=AuditSettings)

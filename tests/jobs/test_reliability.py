@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -73,6 +74,9 @@ class Workers:
                 "-1",
                 "--torch-threads",
                 "1",
+                # The workers record each result in an audit log of their own (SQLite).
+                "--audit-dir",
+                tempfile.mkdtemp(prefix="sidelight-audit-"),
                 *extra,
             ],
             stdout=subprocess.DEVNULL,

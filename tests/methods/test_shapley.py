@@ -138,17 +138,31 @@ def test_kernel_shap_with_room_for_every_coalition_is_exact(small_tabular: Model
 
 
 def test_sampled_kernel_shap_approaches_the_exact_values(digits: Model) -> None:
-    """9 cells, 510 proper coalitions; 400 paired samples estimate them closely."""
+    """9 cells, 510 proper coalitions; 400 paired samples estimate them closely, and more
+    closely than 100 do. Over 5 seeds (the request's seed rides in the batch): one draw's
+    largest error ranged 0.05-0.17 of the largest value, so a single seed proves little."""
     images = digit_images(4)
     exact = run(digits, "exact_shapley", images, grid_cells=3)
-    sampled = run(digits, "kernel_shap", images, grid_cells=3, n_samples=400, seed=11)
     scale = exact.attributions.abs().amax(dim=(1, 2, 3), keepdim=True)
-    error = ((sampled.attributions - exact.attributions).abs() / scale).amax()
-    assert error < 0.1, f"largest error {float(error):.3f} of the largest value"
-    correlation = np.corrcoef(
-        sampled.attributions.flatten().numpy(), exact.attributions.flatten().numpy()
-    )[0, 1]
-    assert correlation > 0.99
+
+    def errors(samples: int) -> np.ndarray:
+        found = []
+        for seed in range(5):
+            sampled = run(
+                digits, "kernel_shap", images, grid_cells=3, n_samples=samples, batch_seed=seed
+            )
+            error = ((sampled.attributions - exact.attributions).abs() / scale).amax()
+            found.append(float(error))
+            correlation = np.corrcoef(
+                sampled.attributions.flatten().numpy(), exact.attributions.flatten().numpy()
+            )[0, 1]
+            if samples == 400:
+                assert correlation > 0.98, f"seed {seed}: correlation {correlation:.4f}"
+        return np.asarray(found)
+
+    many, few = errors(400), errors(100)
+    assert many.mean() < 0.12, f"mean largest error {many.mean():.3f} of the largest value"
+    assert many.mean() < few.mean(), (many.mean(), few.mean())
 
 
 def test_kernel_shap_sums_to_the_gap_on_thirty_features(registry: ModelRegistry) -> None:

@@ -27,6 +27,9 @@ class RecordKind(enum.StrEnum):
     PREDICTION = "prediction"  # a Predict, when predictions are recorded too
     ERASURE = "erasure"  # a subject's key destroyed (details: subject_id, records affected)
     RETENTION = "retention"  # records before a cutoff removed (details: cutoff, first kept seq)
+    # Faithfulness measured after the answer by the live sampler, for the explanation named
+    # in details["explanation_id"] (a record is never changed: its figures come after it).
+    QUALITY = "quality"
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ def encode_spec(spec: JobSpec) -> Fields:
         "digest": spec.digest,
         "evaluate": list(spec.evaluate),
         "kind": spec.kind.value,
+        "subject_id": spec.subject_id,
+        "caller": spec.caller,
         "dtype": spec.inputs.dtype,
         "shape": list(spec.inputs.shape),
     }
@@ -81,6 +83,8 @@ def decode_spec(fields: Mapping[str, bytes]) -> JobSpec:
         digest=header["digest"],
         evaluate=tuple(header.get("evaluate", ())),
         kind=JobKind(header.get("kind", JobKind.EXPLAIN.value)),
+        subject_id=header.get("subject_id", ""),
+        caller=header.get("caller", ""),
     )
 
 

@@ -39,6 +39,10 @@ class JobRunner:
     # runner of its own, which runs copies of the models (see Model.private_copy).
     _own: PrivateModels = field(default_factory=PrivateModels)
 
+    def model(self, name: str, version: str) -> Model:
+        """The model a job of this name and version runs on (this runner's copy)."""
+        return self._model(self.registry.get(name, version))
+
     def _model(self, entry: ModelVersion) -> Model:
         loaded = next((m for m in entry.replicas if m.device == self.device), entry.primary)
         return self._own(loaded)
@@ -114,6 +118,9 @@ class JobRunner:
             request_id=spec.request_id,
             instances=inputs.shape[0],
         )
+        # A job's explanation is named after the job: every delivery computes the same bits,
+        # and its audit record's id stays the same (a second delivery finds it recorded).
+        explanation = dataclasses.replace(explanation, explanation_id=spec.job_id)
         if not spec.evaluate or attribution.stopped_by in ("cancelled", "lost", "shutdown"):
             return explanation
         scores = evaluate(

@@ -68,6 +68,9 @@ class JobSpec:
     # Faithfulness figures to compute for the result (sidelight.quality.evaluate.METRICS).
     evaluate: Sequence[str] = ()
     kind: JobKind = JobKind.EXPLAIN
+    # For the result's audit record: who asked, about whom.
+    subject_id: str = ""
+    caller: str = ""
 
 
 @dataclass(frozen=True)

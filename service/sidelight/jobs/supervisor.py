@@ -26,6 +26,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 
+from sidelight.audit.log import AuditLog
 from sidelight.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,14 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
         max_rows=settings.max_rows_per_call,
         max_call_bytes=settings.max_call_bytes,
     )
+    audit = AuditLog.open(settings.audit, metrics_registry)
     worker = Worker(
         queue,
         runner,
         consumer_name(settings, index),
         grace_seconds=settings.grace_seconds,
         on_outcome=observe_outcomes(metrics),
+        audit=audit,
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.shutdown.set())
@@ -84,6 +87,8 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
         worker.run()
     finally:
         queue.close()
+        if audit is not None:
+            audit.close()
     log.info("worker %s stopped", worker.consumer)
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sidelight.errors import InvalidArgument, NotFound, Unavailable
+from sidelight.audit.log import AuditLog
+from sidelight.errors import AuditRecordConflict, InvalidArgument, NotFound, Unavailable
 from sidelight.explanations import Explanation
 from sidelight.jobs.queue import Hold, JobQueue, Lease
 from sidelight.jobs.runner import JobRunner
@@ -116,6 +117,7 @@ class Worker:
         grace_seconds: float = 20.0,
         claim_wait_seconds: float = 1.0,
         on_outcome: Callable[[JobOutcome], None] = lambda outcome: None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.queue = queue
         self.runner = runner
@@ -123,6 +125,7 @@ class Worker:
         self.grace_seconds = grace_seconds
         self.claim_wait_seconds = claim_wait_seconds
         self.on_outcome = on_outcome
+        self.audit = audit
         self.shutdown = threading.Event()
 
     def run(self) -> None:
@@ -200,12 +203,38 @@ class Worker:
             if isinstance(result, Explanation):
                 evaluations = result.quality.model_evaluations
             return self._settle(lambda: self.queue.cancelled(lease, evaluations), "cancelled")
+        # Recorded before it is stored (what a client can read is recorded); while the audit
+        # store is down (strict mode) the job waits here, pending, like a result the queue
+        # cannot take yet.
+        explained = result if isinstance(result, Explanation) else None
+        if explained and self.audit and self._write(lambda: self._record(lease, explained)) is None:
+            return "lost"
         stored = self._write(lambda: self.queue.succeed(lease, result))
         if stored is None:
             return "lost"
         if not stored:
             return "duplicate"
         return "partial" if stopped else "succeeded"
+
+    def _record(self, lease: Lease, explanation: Explanation) -> bool:
+        assert self.audit is not None
+        spec = lease.spec
+        record = self.audit.explanation(
+            explanation,
+            self.runner.model(spec.model, spec.model_version),
+            spec.inputs,
+            spec.params,
+            caller=spec.caller,
+            subject_id=spec.subject_id,
+        )
+        try:
+            self.audit.write_blocking(record)
+        except AuditRecordConflict:
+            # An earlier delivery recorded this job (its record_id is the job id) and died
+            # before storing the result: that record stands, this result equals it (same
+            # seed, same bits).
+            log.info("job %s: already in the audit log", lease.job_id)
+        return True
 
     def _settle(self, write: Callable[[], object], outcome: str) -> str:
         """`outcome` once `write` lands; "lost" if it never does (see `_write`)."""

@@ -45,6 +45,20 @@ class _Sample:
     inputs: torch.Tensor  # N x input shape, CPU
     attributions: npt.NDArray[np.float32]
     targets: npt.NDArray[np.int64]
+    explanation_id: str
+
+
+@dataclass(frozen=True)
+class SampledScores:
+    """What the sampler measured for one explanation (per instance), for whoever keeps it
+    beside the explanation (the audit log)."""
+
+    explanation_id: str
+    model: Model
+    method: str
+    reference: str
+    steps: int
+    areas: dict[str, list[float]]  # "deletion_auc", "insertion_auc", "random_deletion_auc", ...
 
 
 class FaithfulnessSampler:
@@ -60,6 +74,7 @@ class FaithfulnessSampler:
         busy: Callable[[], bool] = lambda: False,
         max_wait_s: float = 5.0,
         quiet_s: float = 0.02,
+        on_scored: Callable[[SampledScores], None] = lambda scores: None,
     ) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("the faithfulness sample fraction must be in [0, 1]")
@@ -71,6 +86,7 @@ class FaithfulnessSampler:
         self._busy = busy
         self._max_wait_s = max_wait_s
         self._quiet_s = quiet_s
+        self._on_scored = on_scored
         self._queue: queue.Queue[_Sample | None] = queue.Queue(max_pending)
         self._own = PrivateModels()  # never the executor's module (see Model.private_copy)
         self._thread = threading.Thread(target=self._run, name="faithfulness", daemon=True)
@@ -83,12 +99,14 @@ class FaithfulnessSampler:
         inputs: torch.Tensor,
         attributions: npt.NDArray[np.float32],
         targets: npt.NDArray[np.int64],
+        explanation_id: str = "",
     ) -> bool:
         """Keep this explanation for scoring with probability `fraction`; never blocks."""
         if self.fraction <= 0.0 or self._draw.random() >= self.fraction:
             return False
+        sample = _Sample(model, method, inputs, attributions, targets, explanation_id)
         try:
-            self._queue.put_nowait(_Sample(model, method, inputs, attributions, targets))
+            self._queue.put_nowait(sample)
         except queue.Full:
             self._metrics.faithfulness_dropped.labels(model.name, method, "full").inc()
             return False
@@ -185,4 +203,13 @@ class FaithfulnessSampler:
                 auc.observe(value)
                 gain.observe(sign * (value - baseline))
         self._metrics.faithfulness_scored.labels(*labels).inc(inputs.shape[0])
+        figures = {}
+        for kind, (values, baselines) in found.items():
+            figures[f"{kind.value}_auc"] = values
+            figures[f"random_{kind.value}_auc"] = baselines
+        self._on_scored(
+            SampledScores(
+                sample.explanation_id, sample.model, sample.method, reference.value, steps, figures
+            )
+        )
         return True

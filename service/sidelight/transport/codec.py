@@ -11,6 +11,7 @@ from google.protobuf import json_format
 
 from sidelight import dataplane as dp
 from sidelight import tensors
+from sidelight.audit.store import StoredRecord
 from sidelight.explanations import Explanation
 from sidelight.jobs.spec import JobStatus
 from sidelight.quality.evaluate import FaithfulnessScores
@@ -30,7 +31,9 @@ def tensor_to_proto(array: npt.NDArray[Any]) -> pb.Tensor:
     return pb.Tensor(dtype=dtype, shape=shape, data=data)
 
 
-def explain_request(message: pb.ExplainRequest, deadline: float | None) -> dp.ExplainRequest:
+def explain_request(
+    message: pb.ExplainRequest, deadline: float | None, caller: str = ""
+) -> dp.ExplainRequest:
     return dp.ExplainRequest(
         model=message.model,
         model_version=message.model_version,
@@ -40,6 +43,8 @@ def explain_request(message: pb.ExplainRequest, deadline: float | None) -> dp.Ex
         params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
         request_id=message.request_id,
         deadline=deadline,
+        subject_id=message.subject_id,
+        caller=caller,
     )
 
 
@@ -94,13 +99,17 @@ def evaluation_to_proto(evaluation: dp.Evaluation) -> pb.EvaluateResponse:
     )
 
 
-def predict_request(message: pb.PredictRequest, deadline: float | None) -> dp.PredictRequest:
+def predict_request(
+    message: pb.PredictRequest, deadline: float | None, caller: str = ""
+) -> dp.PredictRequest:
     return dp.PredictRequest(
         model=message.model,
         model_version=message.model_version,
         inputs=raw_tensor(message.inputs),
         request_id=message.request_id,
         deadline=deadline,
+        subject_id=message.subject_id,
+        caller=caller,
     )
 
 
@@ -199,3 +208,19 @@ def models_to_proto(models: list[dp.ModelSummary]) -> pb.ListModelsResponse:
 def array_from_response(message: pb.Tensor) -> npt.NDArray[Any]:
     """For clients: a writable copy of a response tensor."""
     return np.array(tensor_from_proto("tensor", message))
+
+
+def audit_record_to_proto(stored: StoredRecord) -> pb.AuditRecord:
+    record = stored.record
+    attributions = np.frombuffer(record.attributions, dtype="<f4").reshape(
+        record.attributions_shape
+    )
+    return pb.AuditRecord(
+        record_id=record.record_id,
+        seq=stored.seq,
+        content_json=record.canonical_content().decode(),
+        prev_hash=stored.prev_hash,
+        hash=stored.hash,
+        attributions=tensor_to_proto(attributions) if record.attributions else None,
+        has_encrypted_input=bool(record.encrypted_input),
+    )

@@ -32,6 +32,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from sidelight.audit.log import AuditLog
 from sidelight.batching.executor import BatchReport, DeviceExecutor
 from sidelight.batching.scheduler import Scheduler
 from sidelight.dataplane import DataPlane
@@ -77,6 +78,7 @@ class Service:
         jobs: JobQueue,
         workers: list[tuple[Worker, threading.Thread]],
         sampler: FaithfulnessSampler | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -89,6 +91,7 @@ class Service:
         self._metrics_server = metrics_server
         self.jobs = jobs
         self.sampler = sampler
+        self.audit = audit
         self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
@@ -124,12 +127,14 @@ class Service:
             DeviceExecutor(device, scheduler, replica, settings.batching, _batch_observer(metrics))
             for device in devices
         ]
-        jobs, workers = _job_queue(settings, registry, devices[0], metrics)
+        audit = await asyncio.to_thread(AuditLog.open, settings.audit, metrics.registry)
+        jobs, workers = _job_queue(settings, registry, devices[0], metrics, audit)
         sampler = (
             FaithfulnessSampler(
                 metrics,
                 settings.faithfulness_sample,
                 busy=lambda: scheduler.in_flight_instances > 0,
+                on_scored=audit.quality if audit is not None else lambda scores: None,
             )
             if settings.faithfulness_sample > 0
             else None
@@ -139,6 +144,7 @@ class Service:
             scheduler,
             jobs=jobs,
             sampler=sampler,
+            audit=audit,
             max_instances_per_request=settings.max_instances_per_request,
         )
 
@@ -189,6 +195,7 @@ class Service:
             jobs,
             workers,
             sampler,
+            audit,
         )
         if settings.jobs.redis_url is not None:
             service._readiness = asyncio.ensure_future(service._watch_readiness())
@@ -251,6 +258,8 @@ class Service:
         if self.sampler is not None:
             await asyncio.to_thread(self.sampler.close, grace)
         self.jobs.close()
+        if self.audit is not None:  # after the workers: their records are written first
+            await asyncio.to_thread(self.audit.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -258,7 +267,11 @@ class Service:
 
 
 def _job_queue(
-    settings: ServerSettings, registry: ModelRegistry, device: torch.device, metrics: Metrics
+    settings: ServerSettings,
+    registry: ModelRegistry,
+    device: torch.device,
+    metrics: Metrics,
+    audit: AuditLog | None,
 ) -> tuple[JobQueue, list[tuple[Worker, threading.Thread]]]:
     """Redis when a URL is given (workers run apart: `sidelight worker`); else the in-process
     queue with worker threads here."""
@@ -288,6 +301,7 @@ def _job_queue(
                 f"embedded-{index}",
                 grace_seconds=config.grace_seconds,
                 on_outcome=observe,
+                audit=audit,
             )
             thread = threading.Thread(target=worker.run, name=f"job-worker-{index}", daemon=True)
             workers.append((worker, thread))

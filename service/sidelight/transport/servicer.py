@@ -49,7 +49,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self, request: pb.PredictRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PredictResponse:
         async def answer() -> pb.PredictResponse:
-            call = codec.predict_request(request, _deadline(context))
+            call = codec.predict_request(request, _deadline(context), caller(context))
             return codec.prediction_to_proto(await self._plane.predict(call))
 
         return await self._answer("Predict", request.model, "", context, answer)
@@ -58,7 +58,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExplainResponse:
         async def answer() -> pb.ExplainResponse:
-            call = codec.explain_request(request, _deadline(context))
+            call = codec.explain_request(request, _deadline(context), caller(context))
             explanation = await self._plane.explain(call)
             self._record_quality(explanation)
             return codec.explanation_to_proto(explanation)
@@ -78,7 +78,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self, request: pb.ExplainRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Job:
         async def answer() -> pb.Job:
-            call = codec.explain_request(request, _deadline(context))
+            call = codec.explain_request(request, _deadline(context), caller(context))
             return codec.job_to_proto(await self._plane.submit_job(call))
 
         return await self._answer("SubmitJob", request.model, request.method, context, answer)
@@ -91,6 +91,15 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
             return codec.job_to_proto(await self._plane.submit_sanity_check(call))
 
         return await self._answer("SubmitSanityCheck", request.model, "", context, answer)
+
+    async def GetAuditRecord(
+        self, request: pb.GetAuditRecordRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AuditRecord:
+        async def answer() -> pb.AuditRecord:
+            stored = await self._plane.get_audit_record(request.record_id)
+            return codec.audit_record_to_proto(stored)
+
+        return await self._answer("GetAuditRecord", "", "", context, answer)
 
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -166,6 +175,26 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         histogram = self._metrics.completeness_error.labels(*labels)
         for value in explanation.quality.relative_completeness_error:
             histogram.observe(value)
+
+
+# An unauthenticated caller may name itself in this header; the audit log records it as such.
+CALLER_HEADER = "sidelight-caller"
+MAX_CALLER_CHARS = 200
+
+
+def caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who is asking, for the audit log: the TLS client certificate's name when the channel
+    authenticated one; else the caller header, marked as self-declared; else the peer address."""
+    auth = context.auth_context() or {}
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        names = list(auth.get(key) or ())
+        if names:
+            name = bytes(names[0]).decode(errors="replace")
+            return "tls:" + name[:MAX_CALLER_CHARS]
+    for key, value in context.invocation_metadata() or ():
+        if key == CALLER_HEADER and isinstance(value, str):
+            return "header:" + value[:MAX_CALLER_CHARS]
+    return "peer:" + (context.peer() or "")
 
 
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:

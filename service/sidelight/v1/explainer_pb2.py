@@ -25,51 +25,55 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csidelight/v1/explainer.proto\x12\x0csidelight.v1\x1a\x1cgoogle/protobuf/struct.proto\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xba\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07targets\x18\x05 \x03(\x03\x12\'\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x89\x02\n\x07Quality\x12\x1a\n\x12\x63ompleteness_error\x18\x01 \x03(\x01\x12#\n\x1brelative_completeness_error\x18\x02 \x03(\x01\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x03\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\x0f\x62\x61seline_digest\x18\x05 \x01(\t\x12\x0f\n\x07partial\x18\x06 \x01(\x08\x12\x12\n\nstopped_by\x18\x07 \x01(\t\x12\x16\n\x0elocal_fidelity\x18\x08 \x03(\x01\x12\x30\n\x0c\x66\x61ithfulness\x18\t \x01(\x0b\x32\x1a.sidelight.v1.FaithfulnessB\x07\n\x05_seed\"\xff\x01\n\x0f\x45xplainResponse\x12\x16\n\x0e\x65xplanation_id\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x12*\n\x0c\x61ttributions\x18\x04 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12&\n\x07quality\x18\x05 \x01(\x0b\x32\x15.sidelight.v1.Quality\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"p\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x85\x01\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x11\n\tpredicted\x18\x02 \x03(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sidelight.v1.ModelInfo\"t\n\tInputSpec\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rfeature_names\x18\x05 \x03(\tB\x06\n\x04_minB\x06\n\x04_max\"Z\n\nMethodInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x19\n\x11\x61ttribution_shape\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\"\xde\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.sidelight.v1.InputSpec\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0boutput_kind\x18\x07 \x01(\t\x12)\n\x07methods\x18\x08 \x03(\x0b\x32\x18.sidelight.v1.MethodInfo\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\"\xc5\x01\n\x0c\x46\x61ithfulness\x12\x14\n\x0c\x64\x65letion_auc\x18\x01 \x03(\x01\x12\x15\n\rinsertion_auc\x18\x02 \x03(\x01\x12\x1b\n\x13random_deletion_auc\x18\x03 \x03(\x01\x12\x1c\n\x14random_insertion_auc\x18\x04 \x03(\x01\x12\x12\n\ninfidelity\x18\x05 \x03(\x01\x12\x17\n\x0fmax_sensitivity\x18\x06 \x03(\x01\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05steps\x18\x08 \x01(\x05\"\x9a\x02\n\x0f\x45valuateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12*\n\x0c\x61ttributions\x18\x04 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07targets\x18\x05 \x03(\x03\x12\x0f\n\x07metrics\x18\x06 \x03(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\'\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05steps\x18\t \x01(\x05\x12\x11\n\treference\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xa1\x01\n\x12SanityCheckRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x84\x01\n\x10\x45valuateResponse\x12\x30\n\x0c\x66\x61ithfulness\x18\x01 \x01(\x0b\x32\x1a.sidelight.v1.Faithfulness\x12\x0f\n\x07targets\x18\x02 \x03(\x03\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x19\n\x11model_evaluations\x18\x02 \x01(\x03\"\xf1\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.sidelight.v1.JobState\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.sidelight.v1.JobProgress\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x06result\x18\x05 \x01(\x0b\x32\x1d.sidelight.v1.ExplainResponse\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0e\n\x06method\x18\t \x01(\t\x12\x12\n\ndeliveries\x18\n \x01(\x05\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\r \x01(\x01\x12\x0f\n\x07partial\x18\x0e \x01(\x08\x12\x1a\n\x12sanity_report_json\x18\x0f \x01(\t*u\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x0b\n\x07\x45XPIRED\x10\x06\x32\xf4\x04\n\tExplainer\x12O\n\nListModels\x12\x1f.sidelight.v1.ListModelsRequest\x1a .sidelight.v1.ListModelsResponse\x12\x46\n\x07Predict\x12\x1c.sidelight.v1.PredictRequest\x1a\x1d.sidelight.v1.PredictResponse\x12\x46\n\x07\x45xplain\x12\x1c.sidelight.v1.ExplainRequest\x1a\x1d.sidelight.v1.ExplainResponse\x12<\n\tSubmitJob\x12\x1c.sidelight.v1.ExplainRequest\x1a\x11.sidelight.v1.Job\x12\x38\n\x06GetJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job\x12<\n\x08WatchJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job0\x01\x12;\n\tCancelJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job\x12I\n\x08\x45valuate\x12\x1d.sidelight.v1.EvaluateRequest\x1a\x1e.sidelight.v1.EvaluateResponse\x12H\n\x11SubmitSanityCheck\x12 .sidelight.v1.SanityCheckRequest\x1a\x11.sidelight.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csidelight/v1/explainer.proto\x12\x0csidelight.v1\x1a\x1cgoogle/protobuf/struct.proto\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xce\x01\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07targets\x18\x05 \x03(\x03\x12\'\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\nsubject_id\x18\x08 \x01(\t\"\x89\x02\n\x07Quality\x12\x1a\n\x12\x63ompleteness_error\x18\x01 \x03(\x01\x12#\n\x1brelative_completeness_error\x18\x02 \x03(\x01\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x03\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x17\n\x0f\x62\x61seline_digest\x18\x05 \x01(\t\x12\x0f\n\x07partial\x18\x06 \x01(\x08\x12\x12\n\nstopped_by\x18\x07 \x01(\t\x12\x16\n\x0elocal_fidelity\x18\x08 \x03(\x01\x12\x30\n\x0c\x66\x61ithfulness\x18\t \x01(\x0b\x32\x1a.sidelight.v1.FaithfulnessB\x07\n\x05_seed\"\xff\x01\n\x0f\x45xplainResponse\x12\x16\n\x0e\x65xplanation_id\x18\x01 \x01(\t\x12%\n\x07outputs\x18\x02 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07targets\x18\x03 \x03(\x03\x12*\n\x0c\x61ttributions\x18\x04 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12&\n\x07quality\x18\x05 \x01(\x0b\x32\x15.sidelight.v1.Quality\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"\x84\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nsubject_id\x18\x05 \x01(\t\"\x85\x01\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x11\n\tpredicted\x18\x02 \x03(\x03\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sidelight.v1.ModelInfo\"t\n\tInputSpec\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rfeature_names\x18\x05 \x03(\tB\x06\n\x04_minB\x06\n\x04_max\"Z\n\nMethodInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x19\n\x11\x61ttribution_shape\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\"\xde\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x16\n\x0elatest_version\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.sidelight.v1.InputSpec\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0boutput_kind\x18\x07 \x01(\t\x12)\n\x07methods\x18\x08 \x03(\x0b\x32\x18.sidelight.v1.MethodInfo\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\"\xc5\x01\n\x0c\x46\x61ithfulness\x12\x14\n\x0c\x64\x65letion_auc\x18\x01 \x03(\x01\x12\x15\n\rinsertion_auc\x18\x02 \x03(\x01\x12\x1b\n\x13random_deletion_auc\x18\x03 \x03(\x01\x12\x1c\n\x14random_insertion_auc\x18\x04 \x03(\x01\x12\x12\n\ninfidelity\x18\x05 \x03(\x01\x12\x17\n\x0fmax_sensitivity\x18\x06 \x03(\x01\x12\x11\n\treference\x18\x07 \x01(\t\x12\r\n\x05steps\x18\x08 \x01(\x05\"\x9a\x02\n\x0f\x45valuateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12*\n\x0c\x61ttributions\x18\x04 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07targets\x18\x05 \x03(\x03\x12\x0f\n\x07metrics\x18\x06 \x03(\t\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\'\n\x06params\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05steps\x18\t \x01(\x05\x12\x11\n\treference\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\xa1\x01\n\x12SanityCheckRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x0f\n\x07methods\x18\x04 \x03(\t\x12\x0c\n\x04mode\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x84\x01\n\x10\x45valuateResponse\x12\x30\n\x0c\x66\x61ithfulness\x18\x01 \x01(\x0b\x32\x1a.sidelight.v1.Faithfulness\x12\x0f\n\x07targets\x18\x02 \x03(\x03\x12\x19\n\x11model_evaluations\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x0bJobProgress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x19\n\x11model_evaluations\x18\x02 \x01(\x03\"\xf1\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.sidelight.v1.JobState\x12+\n\x08progress\x18\x03 \x01(\x0b\x32\x19.sidelight.v1.JobProgress\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12-\n\x06result\x18\x05 \x01(\x0b\x32\x1d.sidelight.v1.ExplainResponse\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0e\n\x06method\x18\t \x01(\t\x12\x12\n\ndeliveries\x18\n \x01(\x05\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x12\n\nstarted_at\x18\x0c \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\r \x01(\x01\x12\x0f\n\x07partial\x18\x0e \x01(\x08\x12\x1a\n\x12sanity_report_json\x18\x0f \x01(\t\"*\n\x15GetAuditRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\"\xad\x01\n\x0b\x41uditRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x63ontent_json\x18\x03 \x01(\t\x12\x11\n\tprev_hash\x18\x04 \x01(\x0c\x12\x0c\n\x04hash\x18\x05 \x01(\x0c\x12*\n\x0c\x61ttributions\x18\x06 \x01(\x0b\x32\x14.sidelight.v1.Tensor\x12\x1b\n\x13has_encrypted_input\x18\x07 \x01(\x08*u\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x0b\n\x07\x45XPIRED\x10\x06\x32\xc6\x05\n\tExplainer\x12O\n\nListModels\x12\x1f.sidelight.v1.ListModelsRequest\x1a .sidelight.v1.ListModelsResponse\x12\x46\n\x07Predict\x12\x1c.sidelight.v1.PredictRequest\x1a\x1d.sidelight.v1.PredictResponse\x12\x46\n\x07\x45xplain\x12\x1c.sidelight.v1.ExplainRequest\x1a\x1d.sidelight.v1.ExplainResponse\x12<\n\tSubmitJob\x12\x1c.sidelight.v1.ExplainRequest\x1a\x11.sidelight.v1.Job\x12\x38\n\x06GetJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job\x12<\n\x08WatchJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job0\x01\x12;\n\tCancelJob\x12\x1b.sidelight.v1.GetJobRequest\x1a\x11.sidelight.v1.Job\x12I\n\x08\x45valuate\x12\x1d.sidelight.v1.EvaluateRequest\x1a\x1e.sidelight.v1.EvaluateResponse\x12H\n\x11SubmitSanityCheck\x12 .sidelight.v1.SanityCheckRequest\x1a\x11.sidelight.v1.Job\x12P\n\x0eGetAuditRecord\x12#.sidelight.v1.GetAuditRecordRequest\x1a\x19.sidelight.v1.AuditRecordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sidelight.v1.explainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2863
-  _globals['_JOBSTATE']._serialized_end=2980
+  _globals['_JOBSTATE']._serialized_start=3124
+  _globals['_JOBSTATE']._serialized_end=3241
   _globals['_TENSOR']._serialized_start=76
   _globals['_TENSOR']._serialized_end=128
   _globals['_EXPLAINREQUEST']._serialized_start=131
-  _globals['_EXPLAINREQUEST']._serialized_end=317
-  _globals['_QUALITY']._serialized_start=320
-  _globals['_QUALITY']._serialized_end=585
-  _globals['_EXPLAINRESPONSE']._serialized_start=588
-  _globals['_EXPLAINRESPONSE']._serialized_end=843
-  _globals['_PREDICTREQUEST']._serialized_start=845
-  _globals['_PREDICTREQUEST']._serialized_end=957
-  _globals['_PREDICTRESPONSE']._serialized_start=960
-  _globals['_PREDICTRESPONSE']._serialized_end=1093
-  _globals['_LISTMODELSREQUEST']._serialized_start=1095
-  _globals['_LISTMODELSREQUEST']._serialized_end=1114
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1116
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1177
-  _globals['_INPUTSPEC']._serialized_start=1179
-  _globals['_INPUTSPEC']._serialized_end=1295
-  _globals['_METHODINFO']._serialized_start=1297
-  _globals['_METHODINFO']._serialized_end=1387
-  _globals['_MODELINFO']._serialized_start=1390
-  _globals['_MODELINFO']._serialized_end=1612
-  _globals['_FAITHFULNESS']._serialized_start=1615
-  _globals['_FAITHFULNESS']._serialized_end=1812
-  _globals['_EVALUATEREQUEST']._serialized_start=1815
-  _globals['_EVALUATEREQUEST']._serialized_end=2097
-  _globals['_SANITYCHECKREQUEST']._serialized_start=2100
-  _globals['_SANITYCHECKREQUEST']._serialized_end=2261
-  _globals['_EVALUATERESPONSE']._serialized_start=2264
-  _globals['_EVALUATERESPONSE']._serialized_end=2396
-  _globals['_GETJOBREQUEST']._serialized_start=2398
-  _globals['_GETJOBREQUEST']._serialized_end=2429
-  _globals['_JOBPROGRESS']._serialized_start=2431
-  _globals['_JOBPROGRESS']._serialized_end=2489
-  _globals['_JOB']._serialized_start=2492
-  _globals['_JOB']._serialized_end=2861
-  _globals['_EXPLAINER']._serialized_start=2983
-  _globals['_EXPLAINER']._serialized_end=3611
+  _globals['_EXPLAINREQUEST']._serialized_end=337
+  _globals['_QUALITY']._serialized_start=340
+  _globals['_QUALITY']._serialized_end=605
+  _globals['_EXPLAINRESPONSE']._serialized_start=608
+  _globals['_EXPLAINRESPONSE']._serialized_end=863
+  _globals['_PREDICTREQUEST']._serialized_start=866
+  _globals['_PREDICTREQUEST']._serialized_end=998
+  _globals['_PREDICTRESPONSE']._serialized_start=1001
+  _globals['_PREDICTRESPONSE']._serialized_end=1134
+  _globals['_LISTMODELSREQUEST']._serialized_start=1136
+  _globals['_LISTMODELSREQUEST']._serialized_end=1155
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1157
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1218
+  _globals['_INPUTSPEC']._serialized_start=1220
+  _globals['_INPUTSPEC']._serialized_end=1336
+  _globals['_METHODINFO']._serialized_start=1338
+  _globals['_METHODINFO']._serialized_end=1428
+  _globals['_MODELINFO']._serialized_start=1431
+  _globals['_MODELINFO']._serialized_end=1653
+  _globals['_FAITHFULNESS']._serialized_start=1656
+  _globals['_FAITHFULNESS']._serialized_end=1853
+  _globals['_EVALUATEREQUEST']._serialized_start=1856
+  _globals['_EVALUATEREQUEST']._serialized_end=2138
+  _globals['_SANITYCHECKREQUEST']._serialized_start=2141
+  _globals['_SANITYCHECKREQUEST']._serialized_end=2302
+  _globals['_EVALUATERESPONSE']._serialized_start=2305
+  _globals['_EVALUATERESPONSE']._serialized_end=2437
+  _globals['_GETJOBREQUEST']._serialized_start=2439
+  _globals['_GETJOBREQUEST']._serialized_end=2470
+  _globals['_JOBPROGRESS']._serialized_start=2472
+  _globals['_JOBPROGRESS']._serialized_end=2530
+  _globals['_JOB']._serialized_start=2533
+  _globals['_JOB']._serialized_end=2902
+  _globals['_GETAUDITRECORDREQUEST']._serialized_start=2904
+  _globals['_GETAUDITRECORDREQUEST']._serialized_end=2946
+  _globals['_AUDITRECORD']._serialized_start=2949
+  _globals['_AUDITRECORD']._serialized_end=3122
+  _globals['_EXPLAINER']._serialized_start=3244
+  _globals['_EXPLAINER']._serialized_end=3954
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("model", "model_version", "inputs", "method", "targets", "params", "request_id")
+    __slots__ = ("model", "model_version", "inputs", "method", "targets", "params", "request_id", "subject_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class ExplainRequest(_message.Message):
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     inputs: Tensor
@@ -51,7 +52,8 @@ class ExplainRequest(_message.Message):
     targets: _containers.RepeatedScalarFieldContainer[int]
     params: _struct_pb2.Struct
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., targets: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    subject_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., method: _Optional[str] = ..., targets: _Optional[_Iterable[int]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., subject_id: _Optional[str] = ...) -> None: ...
 
 class Quality(_message.Message):
     __slots__ = ("completeness_error", "relative_completeness_error", "model_evaluations", "seed", "baseline_digest", "partial", "stopped_by", "local_fidelity", "faithfulness")
@@ -98,16 +100,18 @@ class ExplainResponse(_message.Message):
     def __init__(self, explanation_id: _Optional[str] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., targets: _Optional[_Iterable[int]] = ..., attributions: _Optional[_Union[Tensor, _Mapping]] = ..., quality: _Optional[_Union[Quality, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "model_version", "inputs", "request_id")
+    __slots__ = ("model", "model_version", "inputs", "request_id", "subject_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     inputs: Tensor
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    subject_id: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., subject_id: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("outputs", "predicted", "model", "model_version", "request_id")
@@ -304,3 +308,27 @@ class Job(_message.Message):
     partial: bool
     sanity_report_json: str
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., error: _Optional[str] = ..., result: _Optional[_Union[ExplainResponse, _Mapping]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., method: _Optional[str] = ..., deliveries: _Optional[int] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., partial: _Optional[bool] = ..., sanity_report_json: _Optional[str] = ...) -> None: ...
+
+class GetAuditRecordRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    def __init__(self, record_id: _Optional[str] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("record_id", "seq", "content_json", "prev_hash", "hash", "attributions", "has_encrypted_input")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    HAS_ENCRYPTED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    seq: int
+    content_json: str
+    prev_hash: bytes
+    hash: bytes
+    attributions: Tensor
+    has_encrypted_input: bool
+    def __init__(self, record_id: _Optional[str] = ..., seq: _Optional[int] = ..., content_json: _Optional[str] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ..., attributions: _Optional[_Union[Tensor, _Mapping]] = ..., has_encrypted_input: _Optional[bool] = ...) -> None: ...

@@ -79,6 +79,11 @@ class ExplainerStub:
                 request_serializer=sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
                 response_deserializer=sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetAuditRecord = channel.unary_unary(
+                '/sidelight.v1.Explainer/GetAuditRecord',
+                request_serializer=sidelight_dot_v1_dot_explainer__pb2.GetAuditRecordRequest.SerializeToString,
+                response_deserializer=sidelight_dot_v1_dot_explainer__pb2.AuditRecord.FromString,
+                _registered_method=True)
 
 
 class ExplainerServicer:
@@ -154,6 +159,14 @@ class ExplainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditRecord(self, request, context):
+        """One record of the audit log: record_id is the explanation_id an Explain (or a job's
+        result) returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +214,11 @@ def add_ExplainerServicer_to_server(servicer, server):
                     servicer.SubmitSanityCheck,
                     request_deserializer=sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.FromString,
                     response_serializer=sidelight_dot_v1_dot_explainer__pb2.Job.SerializeToString,
+            ),
+            'GetAuditRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditRecord,
+                    request_deserializer=sidelight_dot_v1_dot_explainer__pb2.GetAuditRecordRequest.FromString,
+                    response_serializer=sidelight_dot_v1_dot_explainer__pb2.AuditRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +464,33 @@ class Explainer:
             '/sidelight.v1.Explainer/SubmitSanityCheck',
             sidelight_dot_v1_dot_explainer__pb2.SanityCheckRequest.SerializeToString,
             sidelight_dot_v1_dot_explainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidelight.v1.Explainer/GetAuditRecord',
+            sidelight_dot_v1_dot_explainer__pb2.GetAuditRecordRequest.SerializeToString,
+            sidelight_dot_v1_dot_explainer__pb2.AuditRecord.FromString,
             options,
             channel_credentials,
             insecure,
