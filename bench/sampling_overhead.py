@@ -24,24 +24,16 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from prometheus_client.parser import text_string_to_metric_families
+from side_by_side import measure
 from sidelight.models.config import load_config
 from sidelight.models.loaders import load_model
-from sync_throughput import (
-    PARAMS,
-    input_pool,
-    run_load,
-    running_server,
-    save_pool,
-    single_model_repository,
-)
+from sync_throughput import input_pool, save_pool, single_model_repository
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -63,21 +55,7 @@ class Run:
     dropped: dict[str, float]
 
 
-def sampler_counts(metrics_url: str) -> tuple[float, dict[str, float]]:
-    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
-        text = answer.read().decode()
-    scored, dropped = 0.0, {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "sidelight_faithfulness_scored_instances_total":
-                scored += sample.value
-            elif sample.name == "sidelight_faithfulness_dropped_total":
-                reason = sample.labels.get("reason", "")
-                dropped[reason] = dropped.get(reason, 0.0) + sample.value
-    return scored, dropped
-
-
-def measure(
+def measure_sampling(
     repository: Path,
     model: str,
     method: str,
@@ -87,25 +65,16 @@ def measure(
     window_s: float,
     log: Path,
 ) -> Run:
-    spec = {
-        "model": model,
-        "method": method,
-        "params": PARAMS.get(method, {}),
-        "pool": str(pool),
-        "instances": 1,
-        "callers": callers,
-        "warmup_callers": callers,
-        "warmup_instances": 1,
-        "warmup_s": min(3.0, window_s / 3),
-        "min_window_s": window_s,
-        "min_instances": 0,
-        "max_window_s": window_s * 2,
-    }
-    args = ("--faithfulness-sample", str(fraction))
-    with running_server(repository, args, log) as server:
-        result = run_load({"target": server.address, **spec}, window_s * 6 + 300)
-        scored, dropped = sampler_counts(server.metrics_url)
-    return Run(float(result["throughput"]), scored, dropped)
+    args = ("--faithfulness-sample", str(fraction), "--audit", "off")
+    throughput, samples = measure(repository, model, method, callers, args, pool, window_s, log)
+    scored, dropped = 0.0, {}
+    for sample in samples:
+        if sample.name == "sidelight_faithfulness_scored_instances_total":
+            scored += sample.value
+        elif sample.name == "sidelight_faithfulness_dropped_total":
+            reason = sample.labels.get("reason", "")
+            dropped[reason] = dropped.get(reason, 0.0) + sample.value
+    return Run(throughput, scored, dropped)
 
 
 def table(rows: Sequence[dict[str, Any]], fraction: float) -> str:
@@ -153,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for name, fraction in (("off", 0.0), ("on", args.fraction)):
                     log = case / f"server-{name}-{round_}.log"
-                    run = measure(
+                    run = measure_sampling(
                         repository, model_name, method, callers, fraction, pool, args.window, log
                     )
                     runs[name].append(run)

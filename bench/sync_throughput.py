@@ -67,6 +67,9 @@ DOCS_END = "<!-- sync_throughput:end -->"
 LISTENING = re.compile(r"sidelight listening on (\S+):(\d+), metrics on (\S+);")
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
+# The batching engine alone: the audit log and faithfulness sampling have their own benchmarks
+# (audit_overhead.py, sampling_overhead.py), which measure what each adds.
+ISOLATED = ("--audit", "off", "--faithfulness-sample", "0")
 # Other processes using more than this many cores make a figure suspect (see cpuload.py).
 BUSY_NEIGHBOURS = 0.25
 
@@ -349,7 +352,7 @@ def measure_server(
     # Generous: the warm-up can take a batch or two of the slowest case.
     timeout = 3 * window.max_window_s + 600.0
     log = workdir / f"server-{model}-{method}-{config.name}.log"
-    with running_server(repository, config.serve_args, log) as server:
+    with running_server(repository, (*config.serve_args, *ISOLATED), log) as server:
         before = sample([server.pid])
         result = run_load({"target": server.address, **spec}, timeout)
         foreign = foreign_cores(before, sample([server.pid]))

@@ -1,0 +1,52 @@
+"""One closed-loop measurement of a `sidelight serve` started with given flags: the shared step
+of the benchmarks that compare server configurations side by side (sampling_overhead.py,
+audit_overhead.py). The load generator, the server start and stop: sync_throughput.py."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from sync_throughput import PARAMS, run_load, running_server
+
+
+def metric_samples(metrics_url: str) -> list[Any]:
+    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
+        text = answer.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def measure(
+    repository: Path,
+    model: str,
+    method: str,
+    callers: int,
+    serve_args: Sequence[str],
+    pool: Path,
+    window_s: float,
+    log: Path,
+    *,
+    min_instances: int = 0,
+) -> tuple[float, list[Any]]:
+    """(instances per second over the window, the server's /metrics samples after it)."""
+    spec = {
+        "model": model,
+        "method": method,
+        "params": PARAMS.get(method, {}),
+        "pool": str(pool),
+        "instances": 1,
+        "callers": callers,
+        "warmup_callers": callers,
+        "warmup_instances": 1,
+        "warmup_s": min(3.0, window_s / 3),
+        "min_window_s": window_s,
+        "min_instances": min_instances,
+        "max_window_s": window_s * 3,
+    }
+    with running_server(repository, serve_args, log) as server:
+        result = run_load({"target": server.address, **spec}, window_s * 8 + 600)
+        samples = metric_samples(server.metrics_url)
+    return float(result["throughput"]), samples
