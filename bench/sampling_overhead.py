@@ -30,10 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_by_side import measure
-from sidelight.models.config import load_config
-from sidelight.models.loaders import load_model
-from sync_throughput import input_pool, save_pool, single_model_repository
+from side_by_side import case_folder, measure, replace_section
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -107,17 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.window = 1, 3.0
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="sidelight-sampling-") as scratch:
-        work = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="sidelight-sampling-") as scratch_name:
+        scratch = Path(scratch_name)
         for model_name, method, callers in CASES:
-            folder = args.repository / model_name
-            model = load_model(
-                folder, "1", load_config(folder / "config.yaml"), torch.device("cpu")
+            repository, pool = case_folder(
+                args.repository,
+                args.samples,
+                model_name,
+                f"{model_name}-{method}-{callers}",
+                scratch,
             )
-            pool = save_pool(work / f"{model_name}.npz", *input_pool(model, args.samples))
-            case = work / f"{model_name}-{method}-{callers}"
-            case.mkdir()
-            repository = single_model_repository(args.repository, model_name, case)
+            case = repository.parent
             runs: dict[str, list[Run]] = {"off": [], "on": []}
             for round_ in range(args.rounds):
                 for name, fraction in (("off", 0.0), ("on", args.fraction)):
@@ -158,17 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (args.results / f"sampling-{stamp}.json").write_text(json.dumps(rows, indent=1))
-    if not args.quick and args.docs.exists():
-        docs = args.docs.read_text()
-        if DOCS_BEGIN in docs and DOCS_END in docs:
-            head, rest = docs.split(DOCS_BEGIN, 1)
-            _, tail = rest.split(DOCS_END, 1)
-            section = (
-                f"{DOCS_BEGIN}\nRun of {time.strftime('%Y-%m-%d %H:%M')}, median of "
-                f"{args.rounds} interleaved runs each, {args.window:.0f} s windows.\n\n"
-                f"{text}\n{DOCS_END}"
-            )
-            args.docs.write_text(head + section + tail)
+    if not args.quick:
+        heading = (
+            f"Run of {time.strftime('%Y-%m-%d %H:%M')}, median of {args.rounds} interleaved runs "
+            f"each, {args.window:.0f} s windows."
+        )
+        replace_section(args.docs, DOCS_BEGIN, DOCS_END, heading, text)
     return 0
 
 

@@ -9,8 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from prometheus_client.parser import text_string_to_metric_families
-from sync_throughput import PARAMS, run_load, running_server
+from sidelight.models.config import load_config
+from sidelight.models.loaders import load_model
+from sync_throughput import (
+    PARAMS,
+    input_pool,
+    run_load,
+    running_server,
+    save_pool,
+    single_model_repository,
+)
 
 
 def metric_samples(metrics_url: str) -> list[Any]:
@@ -50,3 +60,30 @@ def measure(
         result = run_load({"target": server.address, **spec}, window_s * 8 + 600)
         samples = metric_samples(server.metrics_url)
     return float(result["throughput"]), samples
+
+
+def replace_section(docs: Path, begin: str, end: str, heading: str, text: str) -> bool:
+    """Put `heading` and `text` between the markers of `docs` (False when it has none)."""
+    if not docs.exists():
+        return False
+    content = docs.read_text()
+    if begin not in content or end not in content:
+        return False
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(f"{head}{begin}\n{heading}\n\n{text}\n{end}{tail}")
+    return True
+
+
+def case_folder(
+    repository: Path, samples: Path, model_name: str, case_name: str, scratch: Path
+) -> tuple[Path, Path]:
+    """(a repository holding only the model, the load generator's input pool) for one case."""
+    folder = repository / model_name
+    model = load_model(folder, "1", load_config(folder / "config.yaml"), torch.device("cpu"))
+    pool = scratch / f"{model_name}.npz"
+    if not pool.exists():
+        save_pool(pool, *input_pool(model, samples))
+    case = scratch / case_name
+    case.mkdir()
+    return single_model_repository(repository, model_name, case), pool

@@ -82,7 +82,9 @@ def test_a_busy_device_makes_the_sampler_drop_rather_than_wait(registry: object)
     model = registry.get("digits").primary  # type: ignore[attr-defined]
     metrics = Metrics(CollectorRegistry())
     busy = [True]
-    sampler = FaithfulnessSampler(metrics, 1.0, busy=lambda: busy[0], max_wait_s=0.2)
+    sampler = FaithfulnessSampler(
+        metrics, 1.0, idle_for=lambda: 0.0 if busy[0] else 1.0, max_wait_s=0.2
+    )
     images = torch.from_numpy((load_digits().images[:2] / 16.0).astype(np.float32)[:, None])
     maps = np.ones((2, 1, 8, 8), dtype=np.float32)
     targets = np.array([0, 1])

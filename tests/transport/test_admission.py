@@ -182,5 +182,9 @@ def test_a_running_batch_counts_as_in_flight_until_answered(
         blocker = stub.Explain.future(BLOCKER, timeout=300)
         wait_until(lambda: blocker_running(server))
         assert scheduler.queued_instances == 0 and scheduler.in_flight_instances == 1
+        assert scheduler.idle_for() == 0.0
         blocker.result()
     wait_until(lambda: scheduler.in_flight_instances == 0)
+    first = scheduler.idle_for()
+    time.sleep(0.05)
+    assert scheduler.idle_for() >= first + 0.04 > 0.04

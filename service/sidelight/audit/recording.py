@@ -13,6 +13,7 @@ What goes in, and why:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import importlib.metadata
@@ -81,17 +82,27 @@ def _regions(
 ) -> tuple[npt.NDArray[np.float64], list[str]]:
     """Sums over a grid of cells (N x cells), and the cells' names."""
     _, height, width = plane.shape
+    cells, names = _grid(height, width)
+    return plane.reshape(plane.shape[0], -1) @ cells, names
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(height: int, width: int) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """(pixels x cells 0/1 matrix, the cells' names) of a map's size: the summary of every
+    record of a model is one matrix product (this runs on the event loop, per request)."""
     rows = np.array_split(np.arange(height), min(GRID, height))
     cols = np.array_split(np.arange(width), min(GRID, width))
-    sums, names = [], []
+    cells = np.zeros((height, width, len(rows) * len(cols)))
+    names = []
     for r, row in enumerate(rows):
         for c, col in enumerate(cols):
-            sums.append(plane[:, row[0] : row[-1] + 1, col[0] : col[-1] + 1].sum((1, 2)))
+            cells[row[0] : row[-1] + 1, col[0] : col[-1] + 1, r * len(cols) + c] = 1.0
             names.append(
                 f"rows {row[0] + 1}-{row[-1] + 1}, columns {col[0] + 1}-{col[-1] + 1} "
                 f"({_where(r, len(rows), c, len(cols))})"
             )
-    return np.stack(sums, axis=1), names
+    cells.flags.writeable = False
+    return cells.reshape(height * width, -1), names
 
 
 def _where(row: int, rows: int, col: int, cols: int) -> str:

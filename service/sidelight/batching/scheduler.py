@@ -103,6 +103,7 @@ class Scheduler:
         self._queues: OrderedDict[Group, deque[Pending]] = OrderedDict()
         self._queued = 0
         self._in_flight = 0  # queued or in a running batch, until answered
+        self._idle_since: float | None = time.monotonic()  # None while anything is in flight
         self._closed = False
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -115,9 +116,14 @@ class Scheduler:
 
     @property
     def in_flight_instances(self) -> int:
-        """Instances accepted and not yet answered: queued, or in a batch being computed.
-        Zero means the device is idle (what background work waits for)."""
+        """Instances accepted and not yet answered: queued, or in a batch being computed."""
         return self._in_flight
+
+    def idle_for(self) -> float:
+        """Seconds since the last answer left nothing in flight; 0 while something is. What
+        background work (the faithfulness sampler) waits on, reading it a few times a second."""
+        since = self._idle_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def submit(
         self,
@@ -142,7 +148,9 @@ class Scheduler:
             self._queued += pending.size
             self._wake.notify()
         self._on_depth(group.model, pending.size)
-        self._in_flight += pending.size  # only ever changed on the event loop's thread
+        # Only ever changed on the event loop's thread.
+        self._in_flight += pending.size
+        self._idle_since = None
         try:
             return await pending.future
         except asyncio.CancelledError:
@@ -150,6 +158,8 @@ class Scheduler:
             raise
         finally:
             self._in_flight -= pending.size
+            if self._in_flight == 0:
+                self._idle_since = time.monotonic()
 
     def _withdraw(self, pending: Pending, reason: str) -> None:
         with self._lock:

@@ -133,7 +133,7 @@ class Service:
             FaithfulnessSampler(
                 metrics,
                 settings.faithfulness_sample,
-                busy=lambda: scheduler.in_flight_instances > 0,
+                idle_for=scheduler.idle_for,
                 on_scored=audit.quality if audit is not None else lambda scores: None,
             )
             if settings.faithfulness_sample > 0
