@@ -265,16 +265,6 @@ class DataPlane:
             request_id=request.request_id,
             instances=inputs.shape[0],
         )
-        if self._sampler is not None:
-            # A random draw; when kept, scored later on the sampler's thread.
-            self._sampler.offer(
-                entry.primary,
-                method.name,
-                inputs,
-                explanation.attributions,
-                explanation.targets,
-                explanation.explanation_id,
-            )
         if self._audit is not None:
             # Recorded (durably) before it is returned; strict mode: not returned otherwise.
             record = await self._audit_record(
@@ -287,6 +277,17 @@ class DataPlane:
                 subject_id=request.subject_id,
             )
             await self._audit.write(record)
+        if self._sampler is not None:
+            # A random draw; when kept, scored later on the sampler's thread (after the record,
+            # which the sampler's own record then follows).
+            self._sampler.offer(
+                entry.primary,
+                method.name,
+                inputs,
+                explanation.attributions,
+                explanation.targets,
+                explanation.explanation_id,
+            )
         return explanation
 
     async def _audit_record(
