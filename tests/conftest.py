@@ -15,16 +15,17 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
 import pytest
 import torch
 import yaml
-from sidelight.client import CHANNEL_OPTIONS
+from sidelight.client import CHANNEL_OPTIONS, TERMINAL_JOB_STATES
 from sidelight.demo.architectures import TabularMlp
 from sidelight.demo.build import build_demo, export_program
 from sidelight.methods.catalog import check_model
@@ -34,9 +35,37 @@ from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
 from sidelight.settings import AuditSettings, BatchingSettings, ServerSettings
 from sidelight.transport.server import Service
+from sidelight.v1 import explainer_pb2 as pb
+from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 from torch import nn
 
 TINY_FEATURES = 4
+T = TypeVar("T")
+# How often `wait_until` looks: short against every wait the tests make.
+POLL_S = 0.01
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """The one way tests wait: look at `condition` until it gives a true value (returned) or
+    `timeout` seconds pass (AssertionError naming `what`). Never a bare sleep: a wait ends as
+    soon as what it waits for holds, and a slow machine only makes it look longer."""
+    give_up = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def watch_job(stub: pb_grpc.ExplainerStub, job_id: str, timeout: float = 120) -> pb.Job:
+    """The job once it ends, pushed by WatchJob (no polling), within `timeout` seconds."""
+    last = None
+    for last in stub.WatchJob(pb.GetJobRequest(job_id=job_id), timeout=timeout):
+        if last.state in TERMINAL_JOB_STATES:
+            return last
+    raise AssertionError(f"job {job_id} watch ended before the job: {last}")
 
 
 class LinearProbability(nn.Module):
@@ -196,16 +225,15 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        wait_until(self._answers, 10, f"redis-server to answer on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as probe:
+                probe.sendall(b"PING\r\n")
+                return probe.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, only what the append-only file already holds."""

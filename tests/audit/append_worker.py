@@ -28,7 +28,7 @@ if __name__ == "__main__":
         )
         futures.append(writer.submit(record))
         if n % 10 == 9:
-            time.sleep(0.005)
+            futures[-1].result(120)  # a wave committed before the next: processes interleave
     seqs = [future.result(120) for future in futures]
     writer.close()
     store.close()

@@ -8,11 +8,11 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from sidelight.audit.signing import Signer
 from sidelight.audit.store import AuditStore
 from sidelight.audit.verify import verify
@@ -101,9 +101,7 @@ def test_checkpoints_when_the_interval_passes(store: AuditStore, signer: Signer)
     writer = AuditWriter(store, signer, checkpoint_interval_s=0.1)
     try:
         writer.submit(make_record(1)).result(10)
-        give_up = time.monotonic() + 10
-        while not store.checkpoints() and time.monotonic() < give_up:
-            time.sleep(0.02)
+        wait_until(store.checkpoints, 10, "the interval's checkpoint")
         assert [signed.checkpoint.seq for signed in store.checkpoints()] == [1]
     finally:
         writer.close()

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, server_settings
-from sidelight.client import TERMINAL_JOB_STATES, explain_request, to_array
+from conftest import ServerThread, server_settings, wait_until, watch_job
+from sidelight.client import explain_request, to_array
 from sidelight.settings import JobSettings
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
@@ -50,13 +50,7 @@ def submit(
 
 
 def wait(stub: pb_grpc.ExplainerStub, job_id: str, timeout: float = 120) -> pb.Job:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)
-        if job.state in TERMINAL_JOB_STATES:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end in {timeout}s")
+    return watch_job(stub, job_id, timeout)
 
 
 def test_a_kernel_shap_job_runs_to_a_result_that_sums_to_the_gap(
@@ -160,10 +154,11 @@ def test_a_deadline_stops_the_job_with_a_partial_result(stub: pb_grpc.ExplainerS
 def test_cancel_stops_a_running_job(stub: pb_grpc.ExplainerStub) -> None:
     images = digit_images(8)
     job = submit(stub, "digits", images, "kernel_shap", params={"n_samples": 1 << 20})
-    give_up = time.monotonic() + 30
-    while stub.GetJob(pb.GetJobRequest(job_id=job.job_id)).state != pb.JobState.RUNNING:
-        assert time.monotonic() < give_up
-        time.sleep(0.05)
+    wait_until(
+        lambda: stub.GetJob(pb.GetJobRequest(job_id=job.job_id)).state == pb.JobState.RUNNING,
+        30,
+        "the job to start",
+    )
     cancelled = stub.CancelJob(pb.GetJobRequest(job_id=job.job_id), timeout=10)
     assert cancelled.state in (pb.JobState.RUNNING, pb.JobState.CANCELLED)
     done = wait(stub, job.job_id, timeout=30)

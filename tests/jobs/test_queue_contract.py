@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import RedisServer
+from conftest import RedisServer, wait_until
 from sidelight.errors import InvalidArgument, JobNotFound
 from sidelight.explanations import Explanation, Quality
 from sidelight.jobs.memory_queue import MemoryJobQueue
@@ -160,11 +160,13 @@ def test_a_dead_workers_job_is_taken_over_once_its_lease_expires(queue: JobQueue
     job = spec()
     queue.submit(job)
     first = queue.claim("worker-a", 1.0)
+    claimed = time.monotonic()
     assert first is not None
     assert queue.claim("worker-b", 0.05) is None  # the lease is fresh
-    time.sleep(LEASE * 1.5)  # worker-a "died": no renewal
-    second = queue.claim("worker-b", 1.0)
-    assert second is not None and second.job_id == job.job_id
+    # worker-a "died": no renewal. worker-b gets the job once the lease has run out, not before.
+    second = wait_until(lambda: queue.claim("worker-b", 0.05), LEASE * 10, "the takeover")
+    assert time.monotonic() - claimed >= LEASE
+    assert second.job_id == job.job_id
     assert second.deliveries == 2
     assert queue.renew(first) is Hold.LOST  # worker-a woke up: the job is not its own
     assert queue.succeed(second, explanation(job))
@@ -187,11 +189,18 @@ def test_renewing_keeps_a_long_job_with_its_worker(queue: JobQueue) -> None:
 def test_a_job_whose_workers_keep_dying_is_dead_lettered(queue: JobQueue) -> None:
     job = spec()
     queue.submit(job)
-    for delivery in (1, 2):  # max_deliveries = 2
-        lease = queue.claim(f"w{delivery}", 1.0)
-        assert lease is not None and lease.deliveries == delivery
-        time.sleep(LEASE * 1.5)
-    assert queue.claim("w3", 0.2) is None  # the third delivery is not run
+    for delivery in (1, 2):  # max_deliveries = 2; each worker dies holding the job
+        worker = f"w{delivery}"
+        lease = wait_until(
+            lambda worker=worker: queue.claim(worker, 0.05), LEASE * 10, f"delivery {delivery}"
+        )
+        assert lease.deliveries == delivery
+
+    def dead_lettered() -> bool:
+        assert queue.claim("w3", 0.05) is None  # the third delivery is never run
+        return queue.status(job.job_id).state is JobState.FAILED
+
+    wait_until(dead_lettered, LEASE * 10, "the dead letter")
     failed = queue.status(job.job_id)
     assert failed.state is JobState.FAILED
     assert "delivered 2 times" in failed.error and "w2" in failed.error
@@ -225,9 +234,8 @@ def test_cancelling_a_running_job_reaches_its_worker(queue: JobQueue) -> None:
 
 
 def test_a_job_past_its_deadline_before_any_start_expires(queue: JobQueue) -> None:
-    job = spec(deadline=time.time() + 0.1)
+    job = spec(deadline=time.time() - 0.1)  # it passed while the job waited
     queue.submit(job)
-    time.sleep(0.2)
     assert queue.claim("w", 0.2) is None
     expired = queue.status(job.job_id)
     assert expired.state is JobState.EXPIRED
@@ -274,7 +282,17 @@ def test_finished_jobs_are_forgotten_after_their_retention(
     assert lease is not None
     queue.succeed(lease, explanation(job))
     assert queue.status(job.job_id).state is JobState.SUCCEEDED
-    time.sleep(0.5)
+    submitted = time.monotonic()
+
+    def forgotten() -> bool:
+        try:
+            queue.status(job.job_id)
+        except JobNotFound:
+            return True
+        return False
+
+    wait_until(forgotten, 10, "the retention to pass")
+    assert time.monotonic() - submitted >= 0.25  # kept for its retention (0.3 s), not less
     with pytest.raises(JobNotFound):
         queue.status(job.job_id)
     fresh = queue.submit(job)  # the request id is free again

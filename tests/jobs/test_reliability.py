@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import RedisServer, ServerThread, server_settings
+import redis
+from conftest import RedisServer, ServerThread, server_settings, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidelight.client import TERMINAL_JOB_STATES, explain_request
 from sidelight.jobs.redis_queue import RedisJobQueue
@@ -125,23 +126,14 @@ def submit(stub: pb_grpc.ExplainerStub, images: np.ndarray, **params: object) ->
 
 
 def wait_all(stub: pb_grpc.ExplainerStub, job_ids: list[str], timeout: float) -> list[pb.Job]:
-    give_up = time.monotonic() + timeout
-    while True:
+    """Every job once all have ended. Polled (not watched): Redis may be down meanwhile."""
+
+    def ended() -> list[pb.Job] | None:
         jobs = [stub.GetJob(pb.GetJobRequest(job_id=j), timeout=10) for j in job_ids]
-        if all(job.state in TERMINAL_JOB_STATES for job in jobs):
-            return jobs
-        if time.monotonic() > give_up:
-            states = [pb.JobState.Name(job.state) for job in jobs]
-            raise AssertionError(f"jobs not finished after {timeout}s: {states}")
-        time.sleep(0.2)
+        return jobs if all(job.state in TERMINAL_JOB_STATES for job in jobs) else None
 
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    jobs: list[pb.Job] = wait_until(ended, timeout, f"{len(job_ids)} jobs to end")
+    return jobs
 
 
 def test_a_worker_killed_mid_job_loses_nothing(
@@ -159,7 +151,7 @@ def test_a_worker_killed_mid_job_loses_nothing(
         workers = Workers(model_repository, redis_server.url, 2)
         try:
             queue = redis_job_server.service.jobs
-            wait_for(lambda: queue.stats().jobs[JobState.RUNNING] == 2, 120, "two running jobs")
+            wait_until(lambda: queue.stats().jobs[JobState.RUNNING] == 2, 120, "two running jobs")
             children = workers.children()
             assert len(children) == 2
             victim = children[0]
@@ -197,8 +189,11 @@ def test_redis_restarted_keeps_every_accepted_job(
             return int(health.Check(request, timeout=5).status)
 
         accepted = [submit(stub, digit_images(1, 1600 + k), n_samples=64).job_id for k in range(5)]
-        time.sleep(1.2)  # appendfsync everysec: past one fsync (a process kill loses nothing
-        # written anyway; the wait covers a machine crash too)
+        # Redis has written them to its append-only file (a process kill loses nothing
+        # written; appendfsync everysec covers a machine crash within a second).
+        aof = redis.Redis.from_url(redis_server.url)
+        wait_until(lambda: aof.info("persistence")["aof_buffer_length"] == 0, 10, "the AOF write")
+        aof.close()
         redis_server.kill()
 
         started = time.monotonic()
@@ -207,14 +202,14 @@ def test_redis_restarted_keeps_every_accepted_job(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 5
         assert "Redis" in refused.value.details()
-        wait_for(
+        wait_until(
             lambda: readiness() == health_pb2.HealthCheckResponse.NOT_SERVING, 10, "NOT_SERVING"
         )
         overall = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
         assert overall == health_pb2.HealthCheckResponse.SERVING  # alive, just not ready
 
         redis_server.start()
-        wait_for(lambda: readiness() == health_pb2.HealthCheckResponse.SERVING, 15, "SERVING")
+        wait_until(lambda: readiness() == health_pb2.HealthCheckResponse.SERVING, 15, "SERVING")
         accepted.append(submit(stub, digit_images(1, 1700), n_samples=64).job_id)
         workers = Workers(model_repository, redis_server.url, 1)
         try:
@@ -281,16 +276,16 @@ def test_a_stopped_worker_hands_its_job_back(
         job = submit(stub, digit_images(4), n_samples=1 << 20).job_id
         first = Workers(model_repository, redis_server.url, 1, "--job-grace", "0.5")
         state = lambda: stub.GetJob(pb.GetJobRequest(job_id=job), timeout=5).state  # noqa: E731
-        wait_for(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")
+        wait_until(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")
         assert first.stop(timeout=30) == 0
         assert state() == pb.JobState.QUEUED
         second = Workers(model_repository, redis_server.url, 1)
         try:
-            wait_for(lambda: state() == pb.JobState.RUNNING, 60, "the job to start again")
+            wait_until(lambda: state() == pb.JobState.RUNNING, 60, "the job to start again")
             running = stub.GetJob(pb.GetJobRequest(job_id=job), timeout=5)
             assert running.deliveries == 1
             stub.CancelJob(pb.GetJobRequest(job_id=job), timeout=5)
-            wait_for(lambda: state() == pb.JobState.CANCELLED, 30, "the cancellation")
+            wait_until(lambda: state() == pb.JobState.CANCELLED, 30, "the cancellation")
         finally:
             assert second.stop() == 0
 
@@ -305,7 +300,7 @@ def test_a_dead_workers_job_is_taken_over_by_another_worker(
         job = submit(stub, digit_images(2), n_samples=1024, seed=1).job_id
         state = lambda: stub.GetJob(pb.GetJobRequest(job_id=job), timeout=5).state  # noqa: E731
         doomed = Workers(model_repository, redis_server.url, 1, name="doomed")
-        wait_for(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")
+        wait_until(lambda: state() == pb.JobState.RUNNING, 120, "the job to start")
         doomed.process.kill()  # -9: no hand-back, no acknowledgement
         doomed.process.wait(10)
         heir = Workers(model_repository, redis_server.url, 1, name="heir")

@@ -5,7 +5,6 @@ this process for the same inputs and seed, and must show the paper's finding."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,9 +13,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import ServerThread, server_settings
+from conftest import ServerThread, server_settings, watch_job
 from sidelight.cli import main
-from sidelight.client import TERMINAL_JOB_STATES
 from sidelight.methods.catalog import METHODS, check_model
 from sidelight.models.registry import ModelRegistry
 from sidelight.quality.sanity import randomization_test
@@ -47,16 +45,6 @@ def digits(count: int) -> np.ndarray:
     return (load_digits().images[-count:] / 16.0).astype(np.float32)[:, None]
 
 
-def wait(stub: pb_grpc.ExplainerStub, job_id: str, timeout: float = 240) -> pb.Job:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        job = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)
-        if job.state in TERMINAL_JOB_STATES:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not end in {timeout}s")
-
-
 def test_a_sanity_job_reports_what_the_checks_compute_in_process(
     stub: pb_grpc.ExplainerStub, model_repository: Path
 ) -> None:
@@ -69,7 +57,7 @@ def test_a_sanity_job_reports_what_the_checks_compute_in_process(
     )
     job = stub.SubmitSanityCheck(request, timeout=30)
     assert job.method == "sanity" and job.model_version == "1"
-    done = wait(stub, job.job_id)
+    done = watch_job(stub, job.job_id, timeout=240)
     assert done.state == pb.JobState.SUCCEEDED, done.error
     assert done.progress.fraction == 1.0 and done.progress.model_evaluations > 0
     assert not done.HasField("result")

@@ -6,7 +6,6 @@ do next from the server's own gauges (never from sleeping), so the tests hold on
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, server_settings
+from conftest import ServerThread, server_settings, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidelight.client import explain_request
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
@@ -34,14 +33,6 @@ BLOCKER = explain_request(
     "smoothgrad",
     params={"base": "integrated_gradients", "samples": 256, "seed": 1},
 )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def sample(server: ServerThread, name: str, **labels: str) -> float:
@@ -76,12 +67,12 @@ def test_full_queue_answers_resource_exhausted(make_server: Callable[..., Server
     with server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)
         blocker = stub.Explain.future(BLOCKER, timeout=300)
-        wait_until(lambda: blocker_running(server))
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
         accepted = [
             stub.Explain.future(explain_request("digits", one_digit(i), "saliency"), timeout=300)
             for i in range(2)
         ]
-        wait_until(lambda: queued(server) == 2)
+        wait_until(lambda: queued(server) == 2, 60, "two queued")
         # 2 waiting + 2 more would pass the limit of 3.
         two = np.concatenate([one_digit(5), one_digit(6)])
         with pytest.raises(grpc.RpcError) as raised:
@@ -100,11 +91,11 @@ def test_late_request_is_dropped_before_it_runs(make_server: Callable[..., Serve
     with server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)
         blocker = stub.Explain.future(BLOCKER, timeout=300)
-        wait_until(lambda: blocker_running(server))
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
         with pytest.raises(grpc.RpcError) as raised:
             stub.Explain(explain_request("digits", one_digit(), "input_x_gradient"), timeout=0.3)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        wait_until(lambda: queued(server) == 0)
+        wait_until(lambda: queued(server) == 0, 60, "an empty queue")
         blocker.result()
     dropped = sample(
         server, "sidelight_requests_dropped_total", model="digits", reason="deadline"
@@ -125,11 +116,11 @@ def test_cancelled_call_frees_its_slot(make_server: Callable[..., ServerThread])
     with server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)
         blocker = stub.Explain.future(BLOCKER, timeout=300)
-        wait_until(lambda: blocker_running(server))
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
         waiting = stub.Explain.future(explain_request("digits", one_digit(), "saliency"))
-        wait_until(lambda: queued(server) == 1)
+        wait_until(lambda: queued(server) == 1, 60, "one queued")
         assert waiting.cancel()
-        wait_until(lambda: queued(server) == 0)
+        wait_until(lambda: queued(server) == 0, 60, "an empty queue")
         assert blocker.running(), "the slot must free while the device is still busy"
         # The freed slot takes a new request at once (the queue holds one instance).
         replacement = stub.Explain.future(explain_request("digits", one_digit(2), "saliency"))
@@ -148,7 +139,7 @@ def test_graceful_shutdown(make_server: Callable[..., ServerThread]) -> None:
         serving = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert serving.status == health_pb2.HealthCheckResponse.SERVING
         blocker = stub.Explain.future(BLOCKER, timeout=300)
-        wait_until(lambda: blocker_running(server))
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
         import asyncio
 
         stopping = asyncio.run_coroutine_threadsafe(server.service.stop(60), server.loop)
@@ -160,7 +151,7 @@ def test_graceful_shutdown(make_server: Callable[..., ServerThread]) -> None:
                 return True  # the port closed: new calls are refused
             return reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
-        wait_until(not_serving)
+        wait_until(not_serving, 60, "NOT_SERVING")
         with pytest.raises(grpc.RpcError) as raised:
             stub.Explain(explain_request("digits", one_digit(), "saliency"), timeout=10)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -180,11 +171,12 @@ def test_a_running_batch_counts_as_in_flight_until_answered(
     with server.channel() as channel:
         stub = pb_grpc.ExplainerStub(channel)
         blocker = stub.Explain.future(BLOCKER, timeout=300)
-        wait_until(lambda: blocker_running(server))
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
         assert scheduler.queued_instances == 0 and scheduler.in_flight_instances == 1
         assert scheduler.idle_for() == 0.0
         blocker.result()
-    wait_until(lambda: scheduler.in_flight_instances == 0)
+    wait_until(lambda: scheduler.in_flight_instances == 0, 60, "nothing in flight")
     first = scheduler.idle_for()
-    time.sleep(0.05)
-    assert scheduler.idle_for() >= first + 0.04 > 0.04
+    assert first > 0
+    # The idle clock runs on while nothing comes.
+    wait_until(lambda: scheduler.idle_for() >= first + 0.04, 5, "the idle clock to run")

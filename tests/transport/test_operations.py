@@ -7,14 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread
+from conftest import ServerThread, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -102,7 +101,7 @@ def test_sigterm_drains_then_exits(model_repository: Path, tmp_path: Path) -> No
             "--port",
             "0",
             "--metrics-port",
-            "-1",
+            "0",
             "--grace-period",
             "60",
         ],
@@ -119,9 +118,9 @@ def drain_on_sigterm(process: subprocess.Popen[str], log: Path) -> None:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+), metrics on (\S+);", line)
         assert match, line + log.read_text()
-        address = f"127.0.0.1:{match.group(1)}"
+        address, metrics = f"127.0.0.1:{match.group(1)}", match.group(2)
         with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.ExplainerStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
@@ -130,21 +129,18 @@ def drain_on_sigterm(process: subprocess.Popen[str], log: Path) -> None:
                 explain_request("digits", x, "integrated_gradients", params={"n_steps": 4096}),
                 timeout=300,
             )
-            started = time.monotonic()
-            while not long_call.running() and time.monotonic() - started < 30:
-                time.sleep(0.01)
-            time.sleep(0.2)  # let the request reach the executor
+            # The call is in the server (its in-flight gauge says so) before SIGTERM.
+            wait_until(lambda: explains_in_flight(metrics) >= 1, 30, "the call to arrive")
             process.send_signal(signal.SIGTERM)
-            status = None
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+
+            def not_serving() -> object:
                 try:
                     status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
                 except grpc.RpcError:
-                    status = "refused"
-                if status != health_pb2.HealthCheckResponse.SERVING:
-                    break
-                time.sleep(0.01)
+                    return "refused"
+                return status if status != health_pb2.HealthCheckResponse.SERVING else None
+
+            status = wait_until(not_serving, 30, "health to leave SERVING")
             assert status in (health_pb2.HealthCheckResponse.NOT_SERVING, "refused")
             reply = long_call.result()
             assert list(reply.attributions.shape) == [1, 1, 8, 8]
@@ -169,3 +165,10 @@ def test_list_models_describes_inputs_and_methods(channel: grpc.Channel) -> None
     assert '"n_steps"' in schema
     cancer = models["breast_cancer"]
     assert len(cancer.input.feature_names) == 30 and "mean radius" in cancer.input.feature_names
+
+
+def explains_in_flight(metrics_url: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(r'^sidelight_rpc_in_flight\{rpc="Explain"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
