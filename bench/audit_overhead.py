@@ -17,7 +17,6 @@ store's record count is checked against the answers.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 import psycopg
 import torch
-from side_by_side import case_folder, measure, replace_section
+from side_by_side import case_folder, measure, publish
 from sqlalchemy.engine import make_url
 
 BENCH = Path(__file__).resolve().parent
@@ -180,16 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row[f"{store}_ratio"] = row[store] / row["off"]
             rows.append(row)
     text = table(rows)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.results / f"audit-{stamp}.json").write_text(json.dumps(rows, indent=1))
-    if not args.quick:
-        heading = (
-            f"Run of {time.strftime('%Y-%m-%d %H:%M')}, median of {args.rounds} rotated runs "
-            f"each, {args.callers} callers."
-        )
-        replace_section(args.docs, DOCS_BEGIN, DOCS_END, heading, text)
+    publish(
+        text,
+        rows,
+        args.results,
+        "audit",
+        None if args.quick else args.docs,
+        (DOCS_BEGIN, DOCS_END),
+        f"median of {args.rounds} rotated runs each, {args.callers} callers.",
+    )
     return 0
 
 

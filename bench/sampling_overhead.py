@@ -19,7 +19,6 @@ and dropped, so that a cheap "on" cannot hide a sampler that never scores.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_by_side import case_folder, measure, replace_section
+from side_by_side import case_folder, measure, publish
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -151,16 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
             )
     text = table(rows, args.fraction)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (args.results / f"sampling-{stamp}.json").write_text(json.dumps(rows, indent=1))
-    if not args.quick:
-        heading = (
-            f"Run of {time.strftime('%Y-%m-%d %H:%M')}, median of {args.rounds} interleaved runs "
-            f"each, {args.window:.0f} s windows."
-        )
-        replace_section(args.docs, DOCS_BEGIN, DOCS_END, heading, text)
+    publish(
+        text,
+        rows,
+        args.results,
+        "sampling",
+        None if args.quick else args.docs,
+        (DOCS_BEGIN, DOCS_END),
+        f"median of {args.rounds} interleaved runs each, {args.window:.0f} s windows.",
+    )
     return 0
 
 

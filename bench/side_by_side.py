@@ -4,6 +4,8 @@ audit_overhead.py). The load generator, the server start and stop: sync_throughp
 
 from __future__ import annotations
 
+import json
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +62,27 @@ def measure(
         result = run_load({"target": server.address, **spec}, window_s * 8 + 600)
         samples = metric_samples(server.metrics_url)
     return float(result["throughput"]), samples
+
+
+def publish(
+    text: str,
+    rows: list[dict[str, Any]],
+    results: Path,
+    name: str,
+    docs: Path | None,
+    markers: tuple[str, str],
+    heading: str,
+) -> None:
+    """Print the table, keep every figure as JSON in `results`, and (a full run: `docs`
+    given) put the table between the markers of the docs page."""
+    print(text)
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (results / f"{name}-{stamp}.json").write_text(json.dumps(rows, indent=1))
+    if docs is not None:
+        replace_section(
+            docs, *markers, f"Run of {time.strftime('%Y-%m-%d %H:%M')}, {heading}", text
+        )
 
 
 def replace_section(docs: Path, begin: str, end: str, heading: str, text: str) -> bool:

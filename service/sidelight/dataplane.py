@@ -303,12 +303,7 @@ class DataPlane:
     async def get_audit_record(self, record_id: str) -> StoredRecord:
         if self._audit is None:
             raise Unavailable("this server keeps no audit log (--audit off)")
-        if not record_id:
-            raise InvalidArgument("record_id", "is empty")
-        if len(record_id) > 64 or not record_id.isalnum():
-            raise InvalidArgument(
-                "record_id", "is not a record id (letters and digits, at most 64)"
-            )
+        record_id = _identifier(record_id, "record_id", "a record id")
         return await asyncio.to_thread(self._audit.store.get, record_id)
 
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
@@ -613,11 +608,16 @@ def _positive_int(value: Any, name: str) -> int | None:
 
 
 def _job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidArgument("job_id", "is empty")
-    if len(job_id) > 64 or not job_id.isalnum():
-        raise InvalidArgument("job_id", "is not a job id (letters and digits, at most 64)")
-    return job_id
+    return _identifier(job_id, "job_id", "a job id")
+
+
+def _identifier(value: str, field: str, what: str) -> str:
+    """Ids Sidelight hands out (jobs, explanations, records): letters and digits, at most 64."""
+    if not value:
+        raise InvalidArgument(field, "is empty")
+    if len(value) > 64 or not value.isalnum():
+        raise InvalidArgument(field, f"is not {what} (letters and digits, at most 64)")
+    return value
 
 
 def _request_digest(request: ExplainRequest) -> str:

@@ -12,7 +12,6 @@ import hmac
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,14 +20,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, server_settings
+from conftest import ServerThread, server_settings, wait_until, watch_job
 from sidelight.audit.log import INPUT_KEY_FILE
 from sidelight.audit.record import RecordKind
 from sidelight.audit.signing import Signer
 from sidelight.audit.store import AuditStore
 from sidelight.audit.verify import verify
 from sidelight.cli import main
-from sidelight.client import TERMINAL_JOB_STATES, explain_request, to_array
+from sidelight.client import explain_request, to_array
 from sidelight.settings import AuditSettings, JobSettings
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
@@ -122,6 +121,17 @@ def test_the_cli_verifies_shows_reports_and_replays_a_served_explanation(
     audit = ["--audit-dir", tmp_path / "audit"]
     code, out, err = cli(capsys, "audit", "verify", *audit)
     assert code == 0 and "OK: the log verifies" in out, out + err
+    # Elsewhere, with a copy of the store and the exported public key only.
+    key = tmp_path / "audit.pub.pem"
+    assert cli(capsys, "audit", "export-key", *audit, "--out", key)[0] == 0
+    elsewhere = tmp_path / "regulator"
+    copy = f"sqlite:///{tmp_path / 'audit' / 'audit.db'}"
+    code, out, err = cli(
+        capsys, "audit", "verify", "--audit-dir", elsewhere, "--audit-url", copy,
+        "--public-key", key,
+    )  # fmt: skip
+    assert code == 0 and "OK: the log verifies" in out, out + err
+    assert not elsewhere.exists()  # no keys made there
     code, out, _ = cli(capsys, "audit", "show", reply.explanation_id, *audit)
     shown = json.loads(out)
     assert code == 0 and shown["record"]["model"] == "breast_cancer"
@@ -157,11 +167,7 @@ def test_a_job_is_recorded_under_its_id_and_replays_bit_for_bit_then_shredding_k
     request.subject_id = "person-9"
     with audited.channel() as channel:
         stub = stub_of(channel)
-        job = stub.SubmitJob(request, timeout=30)
-        give_up = time.monotonic() + 120
-        while job.state not in TERMINAL_JOB_STATES and time.monotonic() < give_up:
-            time.sleep(0.05)
-            job = stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=10)
+        job = watch_job(stub, stub.SubmitJob(request, timeout=30).job_id)
         assert job.state == pb.JobState.SUCCEEDED, job.error
         assert job.result.explanation_id == job.job_id
         stored = stub.GetAuditRecord(pb.GetAuditRecordRequest(record_id=job.job_id), timeout=30)
@@ -278,14 +284,14 @@ def test_several_server_processes_write_one_chain_into_postgresql(
 
 
 def wait_listening(process: subprocess.Popen[bytes], log: Path) -> str:
-    give_up = time.monotonic() + 120
-    while time.monotonic() < give_up:
+    def address() -> str:
         for line in log.read_text().splitlines():
             if line.startswith("sidelight listening on "):
                 return line.split()[3].rstrip(",;")
         assert process.poll() is None, log.read_text()
-        time.sleep(0.1)
-    raise AssertionError(log.read_text())
+        return ""
+
+    return wait_until(address, 120, f"the server to listen ({log})")
 
 
 def test_the_live_samplers_figures_follow_the_explanations_record(

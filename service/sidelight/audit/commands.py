@@ -101,19 +101,24 @@ def _open(args: argparse.Namespace) -> Any:
 def _verify(args: argparse.Namespace) -> int:
     from sidelight.audit.checkpoint import load_checkpoints
     from sidelight.audit.signing import load_public_key
+    from sidelight.audit.store import AuditStore
     from sidelight.audit.verify import verify
 
-    log = _open(args)
-    try:
-        key = (
-            load_public_key(args.public_key.read_bytes())
-            if args.public_key
-            else log.signer.public_key
-        )
-        extra = [c for path in args.checkpoints for c in load_checkpoints(path)]
-        report = verify(log.store, key, extra)
-    finally:
-        log.close()
+    extra = [c for path in args.checkpoints for c in load_checkpoints(path)]
+    if args.public_key:
+        # A copy of the store and the exported key are enough: no key files are read or
+        # created in --audit-dir (a regulator's machine has none).
+        store = AuditStore.open(settings_from(args).store_url)
+        try:
+            report = verify(store, load_public_key(args.public_key.read_bytes()), extra)
+        finally:
+            store.close()
+    else:
+        log = _open(args)
+        try:
+            report = verify(log.store, log.signer.public_key, extra)
+        finally:
+            log.close()
     if args.json:
         print(
             json.dumps(
