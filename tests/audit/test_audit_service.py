@@ -275,7 +275,10 @@ def test_several_server_processes_write_one_chain_into_postgresql(
     store = AuditStore.open(url)
     try:
         report = verify(store, Signer.in_data_dir(tmp_path / "audit").public_key)
-        recorded = [s.record.record_id for s in store.records()]
+        # (The servers sample 1% for faithfulness: a `quality` record may follow an answer.)
+        recorded = [
+            s.record.record_id for s in store.records() if s.record.kind is RecordKind.EXPLANATION
+        ]
     finally:
         store.close()
     assert report.ok, report.problems
