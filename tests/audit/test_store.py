@@ -4,6 +4,7 @@ raises AuditUnavailable without leaking the URL's password."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from sidelight.audit.chain import GENESIS, Head, link_hash
 from sidelight.audit.record import RecordKind
-from sidelight.audit.store import AuditStore
+from sidelight.audit.store import AuditStore, RawRecord, records_table
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import (
     AuditRecordConflict,
@@ -75,9 +76,27 @@ def test_conflicting_record_fails_the_whole_batch(store: AuditStore) -> None:
 
 
 def test_a_record_that_cannot_be_serialized_writes_nothing(store: AuditStore) -> None:
-    with pytest.raises(ValueError, match="JSON"):
-        store.append([make_record(1), make_record(2, outputs=((math.nan, 1.0),))])
+    with pytest.raises(TypeError):
+        store.append([make_record(1), make_record(2, params={"not json": {1, 2}})])
     assert store.count() == 0
+
+
+def test_non_finite_numbers_are_stored_as_null(store: AuditStore) -> None:
+    """JSON has no NaN: a model's NaN output is recorded as null, and the chain holds."""
+    store.append([make_record(1, outputs=((math.nan, math.inf),)), make_record(2)])
+    stored = store.get("rec-00001")
+    assert stored.record.outputs == ((None, None),)
+    with store.reader() as reader:
+        raw = reader.at(1)
+    assert raw is not None and '"outputs":[[null,null]]' in raw.content
+    assert store.get("rec-00002").prev_hash == stored.hash
+
+
+def test_rows_follow_the_table_columns() -> None:
+    """The insert names the table's columns and gives values in RawRecord's field order."""
+    assert [column.name for column in records_table.columns] == [
+        field.name for field in dataclasses.fields(RawRecord)
+    ]
 
 
 def test_reopening_keeps_the_chain(store_url: str) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 
 class RecordKind(enum.StrEnum):
@@ -148,11 +149,11 @@ class AuditRecord:
 
 
 def canonical_json(data: Any) -> bytes:
-    """Sorted keys, no whitespace, UTF-8; NaN and Inf refused (JSON has none, and a record that
-    cannot be read back identically cannot be verified)."""
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    """Sorted keys, no whitespace, UTF-8 (orjson: a tenth of the standard encoder's time, which
+    was a measurable share of every audited request). JSON has no NaN or Inf: a non-finite
+    float is written as null, so a model's NaN output reads back as None. The hash covers
+    these bytes as stored, never a re-encoding, so the encoder only has to be deterministic."""
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def finite_or_none(value: float) -> float | None:
