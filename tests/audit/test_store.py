@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sidelight.audit.chain import GENESIS, Head, link_hash
 from sidelight.audit.record import RecordKind
-from sidelight.audit.store import AuditStore, RawRecord, records_table
+from sidelight.audit.store import AuditStore, RawRecord, _linked, records_table
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import (
     AuditRecordConflict,
@@ -38,6 +38,87 @@ def test_append_links_a_consecutive_chain(store: AuditStore) -> None:
         assert entry.hash == link_hash(entry.prev_hash, entry.record)
     assert store.head() == Head(3, stored[-1].hash)
     assert store.count() == 3
+
+
+def test_a_batch_larger_than_one_insert_statement(store: AuditStore) -> None:
+    """SQLite takes at most 32,766 parameters a statement: a big batch goes in several, one
+    transaction, and reads back whole and linked."""
+    batch = [make_record(n) for n in range(1, 3_101)]
+    stored = store.append(batch)
+    assert [entry.seq for entry in stored] == list(range(1, 3_101))
+    with store.reader() as reader:
+        raws = list(reader.raw_records())
+    assert [raw.record_id for raw in raws] == [record.record_id for record in batch]
+    assert [raw.hash for raw in raws] == [entry.hash for entry in stored]
+    assert store.get("rec-03100").record == batch[-1]
+    assert store.head() == Head(3_100, stored[-1].hash)
+
+
+def test_appends_after_another_writer_moved_the_head(store_url: str) -> None:
+    """Each store remembers the head it last wrote; when another writer (another replica)
+    has appended since, the statement inserts nothing, and the store reads the head again:
+    one chain, never a fork."""
+    first, second = AuditStore.open(store_url), AuditStore.open(store_url)
+    try:
+        stored = []
+        for n in range(1, 13):
+            writer = first if n % 3 else second  # each finds the head moved, now and then
+            stored += writer.append([make_record(2 * n), make_record(2 * n + 1)])
+        assert [entry.seq for entry in stored] == list(range(1, 25))
+        for before, entry in itertools.pairwise(stored):
+            assert entry.prev_hash == before.hash
+        with first.reader() as reader:
+            assert [raw.hash for raw in reader.raw_records()] == [e.hash for e in stored]
+        assert second.head() == Head(24, stored[-1].hash)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_head_moved_elsewhere_writes_nothing(store: AuditStore) -> None:
+    """The append statement moves the head only from the one it was linked to. Here record 2
+    is gone (as after a retention) but the head still says 2: a batch linked to record 1
+    would find its seq free, and must still write nothing."""
+    stored = store.append([make_record(1), make_record(2)])
+    sql(store, "DELETE FROM audit_records WHERE seq = 2")
+    behind = Head(1, stored[0].hash)
+    late = make_record(3)
+    entries = _linked([late], [late.canonical_content()], behind)
+    assert store._insert_after(behind, entries, [late.canonical_content()]) is False
+    assert store.count() == 1
+    assert store.head() == Head(2, stored[1].hash)
+
+
+def test_concurrent_writers_share_one_chain(store_url: str) -> None:
+    """Stores appending at once from threads (each its own connection pool, as replicas do)
+    race for the head; every record lands once, in one consecutive chain."""
+    stores = [AuditStore.open(store_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            for n in range(15):
+                stores[index].append([make_record(index * 100 + n)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        with stores[0].reader() as reader:
+            raws = list(reader.raw_records())
+        assert [raw.seq for raw in raws] == list(range(1, 61))
+        assert len({raw.record_id for raw in raws}) == 60
+        for before, after in itertools.pairwise(raws):
+            assert after.prev_hash == before.hash
+        assert stores[0].head() == Head(60, raws[-1].hash)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_reads_give_back_what_was_written(store: AuditStore) -> None:

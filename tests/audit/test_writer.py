@@ -8,13 +8,15 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 from conftest import wait_until
+from sidelight.audit.record import AuditRecord
 from sidelight.audit.signing import Signer
-from sidelight.audit.store import AuditStore
+from sidelight.audit.store import AuditStore, StoredRecord
 from sidelight.audit.verify import verify
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import AuditRecordConflict, AuditUnavailable
@@ -62,6 +64,58 @@ def test_writes_from_an_event_loop(store: AuditStore) -> None:
         writer.close()
     assert sorted(seqs) == list(range(1, 51))
     assert [store.get(f"rec-{n:05d}").seq for n in range(50)] == seqs
+
+
+class CountingStore(AuditStore):
+    """The real store, noting the size of every batch the writer appends."""
+
+    batches: list[int]
+
+    def append(self, batch: Sequence[AuditRecord]) -> list[StoredRecord]:
+        self.batches.append(len(batch))
+        return super().append(batch)
+
+
+def test_one_turn_of_the_loop_is_one_batch(store_url: str) -> None:
+    """Records written during one turn of the event loop reach the writer together: 40
+    coroutines resumed at once cost one transaction, not 40 wake-ups of the writer."""
+    store = CountingStore.open(store_url)
+    store.batches = []
+    writer = AuditWriter(store, max_batch=256)
+
+    async def main() -> list[int]:
+        release = asyncio.Event()
+
+        async def one(n: int) -> int:
+            await release.wait()  # all resume in the same turn
+            return await writer.write(make_record(n))
+
+        tasks = [asyncio.create_task(one(n)) for n in range(40)]
+        await asyncio.sleep(0)
+        release.set()
+        return list(await asyncio.gather(*tasks))
+
+    try:
+        seqs = asyncio.run(main())
+    finally:
+        writer.close()
+        store.close()
+    assert sorted(seqs) == list(range(1, 41))
+    assert store.batches == [40]
+
+
+def test_records_of_a_turn_that_ends_after_close_are_refused(store: AuditStore) -> None:
+    writer = AuditWriter(store)
+
+    async def main() -> None:
+        pending = asyncio.ensure_future(writer.write(make_record(1)))
+        await asyncio.sleep(0)  # write() queued its record for the end of this turn
+        writer.close()
+        with pytest.raises(AuditUnavailable, match="closed"):
+            await pending
+
+    asyncio.run(main())
+    assert store.count() == 0
 
 
 def test_close_writes_everything_submitted(store: AuditStore) -> None:

@@ -72,8 +72,10 @@ def summarize(
         values, region_names = _regions(plane)
         labels = [region_names] * n
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :top_k]
+    picked = np.take_along_axis(values, order, axis=1).tolist()  # Python floats, in one call
     return tuple(
-        tuple(FeatureWeight(labels[i][j], float(values[i, j])) for j in order[i]) for i in range(n)
+        tuple(FeatureWeight(names_i[j], value) for j, value in zip(order_i, picked_i, strict=True))
+        for names_i, order_i, picked_i in zip(labels, order.tolist(), picked, strict=True)
     )
 
 
@@ -169,8 +171,8 @@ def explanation_record(
         input_shape=tuple(inputs.shape),
         labels=tuple(model.config.labels),
         feature_names=feature_names,
-        outputs=tuple(tuple(float(v) for v in row) for row in explanation.outputs),
-        targets=tuple(int(t) for t in explanation.targets),
+        outputs=tuple(map(tuple, np.asarray(explanation.outputs, dtype=np.float64).tolist())),
+        targets=tuple(np.asarray(explanation.targets).tolist()),
         summary=summarize(attributions, feature_names, top_k),
         attributions_shape=tuple(attributions.shape),
         attributions=attributions.tobytes(),
@@ -208,8 +210,8 @@ def prediction_record(
         input_shape=tuple(inputs.shape),
         labels=tuple(model.config.labels),
         feature_names=tuple(model.config.input.feature_names or ()),
-        outputs=tuple(tuple(float(v) for v in row) for row in outputs),
-        targets=tuple(int(t) for t in predicted),
+        outputs=tuple(map(tuple, np.asarray(outputs, dtype=np.float64).tolist())),
+        targets=tuple(np.asarray(predicted).tolist()),
         versions=library_versions(),
         encrypted_input=encrypted_input,
     )
