@@ -256,6 +256,21 @@ def test_store_down_then_back(private_postgres: PostgresServer) -> None:
         store.close()
 
 
+def test_a_restart_between_appends_costs_no_failure(private_postgres: PostgresServer) -> None:
+    """The appender keeps its connection between batches; when the server restarted meanwhile
+    that connection is dead, and the append goes through on a new one, written once."""
+    url = create_database(private_postgres.admin_url)
+    store = AuditStore.open(url)
+    try:
+        store.append([make_record(1)])
+        private_postgres.stop()
+        private_postgres.start()
+        assert [entry.seq for entry in store.append([make_record(2), make_record(3)])] == [2, 3]
+        assert store.count() == 3
+    finally:
+        store.close()
+
+
 def test_schema_and_indexes(store: AuditStore) -> None:
     inspector = inspect(store.engine)
     assert {"audit_records", "audit_head", "audit_checkpoints", "audit_subject_keys"} <= set(

@@ -82,29 +82,26 @@ def summarize(
 def _regions(
     plane: npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """Sums over a grid of cells (N x cells), and the cells' names."""
+    """Sums over a grid of cells (N x cells, row by row), and the cells' names: two passes of
+    `reduceat` over the map, cheap even for 224 x 224 (a cells matrix was 6 MB per product)."""
     _, height, width = plane.shape
-    cells, names = _grid(height, width)
-    return plane.reshape(plane.shape[0], -1) @ cells, names
+    row_starts, col_starts, names = _grid(height, width)
+    sums = np.add.reduceat(np.add.reduceat(plane, row_starts, axis=1), col_starts, axis=2)
+    return sums.reshape(plane.shape[0], -1), names
 
 
 @functools.lru_cache(maxsize=16)
-def _grid(height: int, width: int) -> tuple[npt.NDArray[np.float64], list[str]]:
-    """(pixels x cells 0/1 matrix, the cells' names) of a map's size: the summary of every
-    record of a model is one matrix product (this runs on the event loop, per request)."""
+def _grid(height: int, width: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], list[str]]:
+    """Where a map's grid cells start (rows, columns) and their names, row by row."""
     rows = np.array_split(np.arange(height), min(GRID, height))
     cols = np.array_split(np.arange(width), min(GRID, width))
-    cells = np.zeros((height, width, len(rows) * len(cols)))
-    names = []
-    for r, row in enumerate(rows):
-        for c, col in enumerate(cols):
-            cells[row[0] : row[-1] + 1, col[0] : col[-1] + 1, r * len(cols) + c] = 1.0
-            names.append(
-                f"rows {row[0] + 1}-{row[-1] + 1}, columns {col[0] + 1}-{col[-1] + 1} "
-                f"({_where(r, len(rows), c, len(cols))})"
-            )
-    cells.flags.writeable = False
-    return cells.reshape(height * width, -1), names
+    names = [
+        f"rows {row[0] + 1}-{row[-1] + 1}, columns {col[0] + 1}-{col[-1] + 1} "
+        f"({_where(r, len(rows), c, len(cols))})"
+        for r, row in enumerate(rows)
+        for c, col in enumerate(cols)
+    ]
+    return np.array([row[0] for row in rows]), np.array([col[0] for col in cols]), names
 
 
 def _where(row: int, rows: int, col: int, cols: int) -> str:

@@ -32,6 +32,7 @@ records (the insert then collides), which only tampering or a restore can cause.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -379,7 +380,8 @@ class AuditStore:
         self._password = engine.url.password
         # The head as this process last wrote or read it (None: read it), for `append`.
         self._tip: Head | None = None
-        self._append_lock = threading.Lock()
+        self._appender: tuple[Any, Any] | None = None  # see _appender_connection
+        self._append_lock = threading.Lock()  # guards both
 
     @classmethod
     def open(cls, url: str) -> AuditStore:
@@ -394,6 +396,8 @@ class AuditStore:
         return store
 
     def close(self) -> None:
+        with self._append_lock:
+            self._drop_appender()
         self.engine.dispose()
 
     @property
@@ -427,9 +431,8 @@ class AuditStore:
                 tip = self._tip if self._tip is not None else self.head()
                 stored = _linked(batch, contents, tip)
                 try:
-                    with self._errors(integrity=False):
-                        moved = self._insert_after(tip, stored, contents)
-                except IntegrityError:
+                    moved = self._insert_after(tip, stored, contents)
+                except self.engine.dialect.loaded_dbapi.IntegrityError:
                     break
                 finally:
                     self._tip = None
@@ -441,29 +444,50 @@ class AuditStore:
 
     def _insert_after(self, tip: Head, stored: list[StoredRecord], contents: list[bytes]) -> bool:
         """Move the head from `tip` to the last of `stored` and insert them all, or (the head
-        is elsewhere) do nothing and return False."""
+        is elsewhere) do nothing and return False. A record_id stored already raises the
+        driver's IntegrityError, having written nothing."""
         rows = [_row(entry, content) for entry, content in zip(stored, contents, strict=True)]
         last = stored[-1]
-        if self.dialect == "postgresql":
-            # Autocommit, one statement. The UPDATE locks the head row; a concurrent append
-            # waits for it, then finds the head moved (READ COMMITTED re-reads the row) and
-            # inserts nothing.
-            columns = tuple(list(column) for column in zip(*rows, strict=True))
-            with self.engine.connect() as connection:
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-                result = connection.exec_driver_sql(
-                    _POSTGRES_APPEND, (last.seq, last.hash, tip.seq, tip.hash, *columns)
-                )
-                return bool(result.rowcount == len(rows))
-        # SQLite: BEGIN IMMEDIATE holds the write lock; the head moves only from `tip`.
-        with self.engine.begin() as connection:
-            result = connection.exec_driver_sql(
-                _MOVE_HEAD_FROM, (last.seq, last.hash, tip.seq, tip.hash)
-            )
-            if result.rowcount != 1:
-                return False
-            _insert(connection, rows)
-            return True
+        dbapi = self.engine.dialect.loaded_dbapi
+        while True:
+            fresh = self._appender is None
+            connection = self._appender_connection()
+            try:
+                if self.dialect == "postgresql":
+                    return _append_postgres(connection, tip, last, rows)
+                return _append_sqlite(connection, tip, last, rows)
+            except dbapi.IntegrityError:
+                raise
+            except dbapi.Error as exc:
+                self._drop_appender()
+                if fresh:
+                    raise self._unavailable(exc) from exc
+                # The connection kept since the last append broke (a restarted server): once
+                # more on a new one. Safe: the statement is atomic, and if it did land, the
+                # head moved and the retry writes nothing.
+
+    def _appender_connection(self) -> Any:
+        """The driver's connection kept for appends: taken from the pool once and detached
+        from it, so that an append costs the driver's calls alone (SQLAlchemy's checkout,
+        events and result objects were a large share of a small batch's time)."""
+        if self._appender is None:
+            try:
+                with self._errors():
+                    proxied = self.engine.raw_connection()
+            except self.engine.dialect.loaded_dbapi.Error as exc:  # the pool does not wrap
+                raise self._unavailable(exc) from exc
+            connection: Any = proxied.driver_connection
+            proxied.detach()  # ours now: closed by _drop_appender, never handed out again
+            if self.dialect == "postgresql":
+                connection.autocommit = True
+            self._appender = (proxied, connection)
+        return self._appender[1]
+
+    def _drop_appender(self) -> None:
+        if self._appender is not None:
+            with contextlib.suppress(Exception):
+                self._appender[0].close()
+            self._appender = None
 
     def add_subject_key(self, subject_id: str, wrapped_key: bytes, created: float) -> bytes:
         """Store a subject's wrapped key unless one exists; returns the one stored (another
@@ -547,9 +571,7 @@ class AuditStore:
         try:
             yield
         except (OperationalError, InterfaceError, PoolTimeout) as exc:
-            raise AuditUnavailable(
-                f"audit store {self.url} is unavailable: {self._reason(exc)}"
-            ) from exc
+            raise self._unavailable(exc) from exc
         except IntegrityError as exc:
             if not integrity:
                 raise  # appends check record_ids first: the head is wrong
@@ -557,6 +579,9 @@ class AuditStore:
                 f"audit store {self.url} refused the write: {self._reason(exc)}; its head and "
                 "its records disagree, verify the log"
             ) from exc
+
+    def _unavailable(self, exc: Exception) -> AuditUnavailable:
+        return AuditUnavailable(f"audit store {self.url} is unavailable: {self._reason(exc)}")
 
     def _reason(self, exc: Exception) -> str:
         cause = getattr(exc, "orig", None) or exc
@@ -671,6 +696,37 @@ def _row(entry: StoredRecord, content: bytes) -> tuple[Any, ...]:
         record.attributions,
         record.encrypted_input,
     )
+
+
+def _append_postgres(connection: Any, tip: Head, last: StoredRecord, rows: list[Any]) -> bool:
+    """Autocommit, one statement. Its UPDATE locks the head row; a concurrent append waits for
+    it, then finds the head moved (READ COMMITTED reads the row again) and inserts nothing."""
+    columns = tuple(list(column) for column in zip(*rows, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(_POSTGRES_APPEND, (last.seq, last.hash, tip.seq, tip.hash, *columns))
+        return bool(cursor.rowcount == len(rows))
+
+
+def _append_sqlite(connection: Any, tip: Head, last: StoredRecord, rows: list[Any]) -> bool:
+    """BEGIN IMMEDIATE holds the write lock; the head moves only from `tip`, then the rows."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(_MOVE_HEAD_FROM, (last.seq, last.hash, tip.seq, tip.hash))
+        if cursor.rowcount != 1:
+            cursor.execute("ROLLBACK")
+            return False
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            cursor.execute(_sqlite_insert(len(chunk)), [value for row in chunk for value in row])
+        cursor.execute("COMMIT")
+        return True
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+    finally:
+        cursor.close()
 
 
 def _insert(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
