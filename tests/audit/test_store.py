@@ -8,12 +8,20 @@ import dataclasses
 import itertools
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sidelight.audit.chain import GENESIS, Head, link_hash
 from sidelight.audit.record import RecordKind
-from sidelight.audit.store import AuditStore, RawRecord, _linked, records_table
+from sidelight.audit.store import (
+    AuditStore,
+    AuditTransaction,
+    RawRecord,
+    _linked,
+    records_table,
+)
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import (
     AuditRecordConflict,
@@ -87,6 +95,32 @@ def test_a_head_moved_elsewhere_writes_nothing(store: AuditStore) -> None:
     assert store._insert_after(behind, entries, [late.canonical_content()]) is False
     assert store.count() == 1
     assert store.head() == Head(2, stored[1].hash)
+
+
+class LockCountingStore(AuditStore):
+    """The real store, counting the locking transactions it opens."""
+
+    locked = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[AuditTransaction]:
+        self.locked += 1
+        with super().transaction() as transaction:
+            yield transaction
+
+
+def test_appends_take_the_one_statement_path(store_url: str) -> None:
+    """A lone writer never needs the locking transaction; a record stored already does."""
+    store = LockCountingStore.open(store_url)
+    try:
+        for n in range(0, 40, 4):
+            store.append([make_record(n + i) for i in range(4)])
+        assert store.locked == 0
+        store.append([make_record(39), make_record(40)])  # 39 is stored: looked up, locked
+        assert store.locked == 1
+        assert store.count() == 41
+    finally:
+        store.close()
 
 
 def test_concurrent_writers_share_one_chain(store_url: str) -> None:

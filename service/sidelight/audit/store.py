@@ -17,11 +17,15 @@ Tables (all prefixed `audit_`):
     audit_checkpoints   signed heads (`sidelight.audit.checkpoint`)
     audit_subject_keys  each subject's data key, wrapped (`sidelight.audit.subjects`)
 
-Appending is serialized across threads and processes: a transaction first locks the head
-(PostgreSQL: `SELECT … FOR UPDATE` on its row; SQLite: `BEGIN IMMEDIATE` takes the database's
-write lock), reads the last seq and hash, links the batch to them, inserts it with one
-executemany, moves the head and commits. SQLite runs in WAL mode with `synchronous=FULL`, and
-PostgreSQL commits synchronously, so a record is on disk when `append` returns.
+Appends form one chain across threads and processes. A process links a batch to the head it
+last wrote, then one statement moves the head from exactly that seq and hash to the batch's end
+and inserts the batch only if it did (PostgreSQL: one round trip in autocommit, the head row
+locked by the UPDATE; SQLite: inside `BEGIN IMMEDIATE`, which takes the database's write
+lock). If another process appended in between, nothing is written and the batch is linked
+again. A locking transaction (`transaction()`: `SELECT … FOR UPDATE` on the head row, or
+`BEGIN IMMEDIATE`) is the fallback, and the way prune, erase and checkpoints change the log.
+SQLite runs in WAL mode with `synchronous=FULL`, and PostgreSQL commits synchronously, so a
+record is on disk when `append` returns.
 
 Appending a record_id that is already stored returns the stored record when the content is
 the same (a retry after a commit whose outcome was lost) and raises `AuditRecordConflict` when
@@ -480,6 +484,13 @@ class AuditStore:
             proxied.detach()  # ours now: closed by _drop_appender, never handed out again
             if self.dialect == "postgresql":
                 connection.autocommit = True
+            else:  # the driver is in autocommit mode already (_sqlite_connect)
+                try:
+                    for trigger in _SQLITE_APPENDER_TRIGGERS:
+                        connection.execute(trigger)
+                except self.engine.dialect.loaded_dbapi.Error as exc:
+                    proxied.close()
+                    raise self._unavailable(exc) from exc
             self._appender = (proxied, connection)
         return self._appender[1]
 
@@ -564,17 +575,14 @@ class AuditStore:
     # -- the boundary ----------------------------------------------------------------------
 
     @contextmanager
-    def _errors(self, *, integrity: bool = True) -> Iterator[None]:
+    def _errors(self) -> Iterator[None]:
         """Database errors that mean "cannot reach or write the store" become AuditUnavailable,
-        here and nowhere else (an IntegrityError too, unless `integrity` is False: the caller
-        then handles it)."""
+        here and nowhere else (the appender's own driver calls: `_insert_after`)."""
         try:
             yield
         except (OperationalError, InterfaceError, PoolTimeout) as exc:
             raise self._unavailable(exc) from exc
-        except IntegrityError as exc:
-            if not integrity:
-                raise  # appends check record_ids first: the head is wrong
+        except IntegrityError as exc:  # locked appends look record_ids up: the head is wrong
             raise AuditUnavailable(
                 f"audit store {self.url} refused the write: {self._reason(exc)}; its head and "
                 "its records disagree, verify the log"
@@ -676,7 +684,7 @@ def _raw(row: Row[Any]) -> RawRecord:
 
 
 # audit_records' columns, in the order of the table and of RawRecord's fields (a test holds
-# them equal): the order of _row's values and of _insert_sql's placeholders.
+# them equal): the order of _row's values and of the inserts' placeholders.
 _COLUMNS = tuple(column.name for column in records_table.columns)
 
 
@@ -701,26 +709,36 @@ def _row(entry: StoredRecord, content: bytes) -> tuple[Any, ...]:
 def _append_postgres(connection: Any, tip: Head, last: StoredRecord, rows: list[Any]) -> bool:
     """Autocommit, one statement. Its UPDATE locks the head row; a concurrent append waits for
     it, then finds the head moved (READ COMMITTED reads the row again) and inserts nothing."""
-    columns = tuple(list(column) for column in zip(*rows, strict=True))
     with connection.cursor() as cursor:
-        cursor.execute(_POSTGRES_APPEND, (last.seq, last.hash, tip.seq, tip.hash, *columns))
+        cursor.execute(_POSTGRES_APPEND, (last.seq, last.hash, tip.seq, tip.hash, *_columns(rows)))
         return bool(cursor.rowcount == len(rows))
 
 
 def _append_sqlite(connection: Any, tip: Head, last: StoredRecord, rows: list[Any]) -> bool:
-    """BEGIN IMMEDIATE holds the write lock; the head moves only from `tip`, then the rows."""
+    """One many-row INSERT in autocommit mode: SQLite takes the write lock when the statement
+    starts and commits (durably) when it ends, and the appender's temporary triggers check
+    each row's link against the head and move the head (`_SQLITE_APPENDER_TRIGGERS`). One
+    call into the driver, so the writer thread gives up and waits to retake the GIL once per
+    batch, not once per statement of a transaction (that waiting, behind the event loop's
+    thread, was most of a small batch's commit time). A batch beyond one statement's rows
+    is wrapped in BEGIN IMMEDIATE ... COMMIT."""
+    del tip, last  # the triggers compare each row with the head as stored
     cursor = connection.cursor()
+    inserts = list(_sqlite_inserts(rows))
     try:
-        cursor.execute("BEGIN IMMEDIATE")
-        cursor.execute(_MOVE_HEAD_FROM, (last.seq, last.hash, tip.seq, tip.hash))
-        if cursor.rowcount != 1:
-            cursor.execute("ROLLBACK")
-            return False
-        for start in range(0, len(rows), _SQLITE_ROWS):
-            chunk = rows[start : start + _SQLITE_ROWS]
-            cursor.execute(_sqlite_insert(len(chunk)), [value for row in chunk for value in row])
-        cursor.execute("COMMIT")
+        if len(inserts) > 1:
+            cursor.execute("BEGIN IMMEDIATE")
+        for statement, values in inserts:
+            cursor.execute(statement, values)
+        if len(inserts) > 1:
+            cursor.execute("COMMIT")
         return True
+    except connection.IntegrityError as exc:
+        if connection.in_transaction:
+            connection.rollback()
+        if _HEAD_MOVED in str(exc):
+            return False
+        raise
     except BaseException:
         if connection.in_transaction:
             connection.rollback()
@@ -729,20 +747,44 @@ def _append_sqlite(connection: Any, tip: Head, last: StoredRecord, rows: list[An
         cursor.close()
 
 
+# On the appender's own connection only (TEMP: not in the schema, so an insert through any
+# other connection, a tamperer's included, neither is checked nor moves the head). SQLite
+# refuses a qualified table name in a trigger's UPDATE: there, audit_head is main's (no TEMP
+# table of that name exists on this connection).
+_HEAD_MOVED = "sidelight: the audit head moved"
+_SQLITE_APPENDER_TRIGGERS = (
+    f"""CREATE TEMP TRIGGER IF NOT EXISTS sidelight_append_links
+    BEFORE INSERT ON main.{records_table.name}
+    WHEN NEW.seq IS NOT (SELECT seq + 1 FROM main.{head_table.name} WHERE id = 1)
+      OR NEW.prev_hash IS NOT (SELECT hash FROM main.{head_table.name} WHERE id = 1)
+    BEGIN SELECT RAISE(ABORT, '{_HEAD_MOVED}'); END""",
+    f"""CREATE TEMP TRIGGER IF NOT EXISTS sidelight_append_moves_head
+    AFTER INSERT ON main.{records_table.name}
+    BEGIN UPDATE {head_table.name} SET seq = NEW.seq, hash = NEW.hash WHERE id = 1; END""",
+)
+
+
 def _insert(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert audit_records rows with one statement: one call into the driver, which releases
-    the GIL once rather than per row (the writer thread then waits for the event loop's thread
-    once, not 30 times), and nothing processed per value in Python. PostgreSQL takes one array
-    per column (the text of a many-row VALUES is too long for psycopg's query cache, and parsing
-    it again cost more than the insert); SQLite takes a many-row VALUES."""
+    """Insert audit_records rows inside a locked transaction (the slow path of `append`)."""
     if connection.dialect.name == "postgresql":
-        columns = tuple(list(column) for column in zip(*rows, strict=True))
-        connection.exec_driver_sql(_POSTGRES_INSERT, columns)
-    else:  # SQLite allows 32,766 parameters in a statement
-        for start in range(0, len(rows), _SQLITE_ROWS):
-            chunk = rows[start : start + _SQLITE_ROWS]
-            values = tuple(value for row in chunk for value in row)
-            connection.exec_driver_sql(_sqlite_insert(len(chunk)), values)
+        connection.exec_driver_sql(_POSTGRES_INSERT, _columns(rows))
+    else:
+        for statement, values in _sqlite_inserts(rows):
+            connection.exec_driver_sql(statement, values)
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    """PostgreSQL takes one array per column (a many-row VALUES is too long a text for
+    psycopg's query cache: parsing it again each time cost more than the insert)."""
+    return tuple(list(column) for column in zip(*rows, strict=True))
+
+
+def _sqlite_inserts(rows: list[tuple[Any, ...]]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """Many-row INSERTs: one call into the driver (and one release of the GIL) per 256 rows
+    rather than per row; SQLite allows 32,766 parameters a statement."""
+    for start in range(0, len(rows), _SQLITE_ROWS):
+        chunk = rows[start : start + _SQLITE_ROWS]
+        yield _sqlite_insert(len(chunk)), tuple(value for row in chunk for value in row)
 
 
 def _linked(batch: Sequence[AuditRecord], contents: list[bytes], tip: Head) -> list[StoredRecord]:
@@ -767,16 +809,14 @@ _POSTGRES_INSERT = (
     "%b::bigint[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::text[], "
     "%b::bytea[], %b::bytea[], %b::text[], %b::bytea[], %b::bytea[])"
 )
-
-
-_SQLITE_ROWS = 256
-
-
 _POSTGRES_APPEND = (
     f"WITH moved AS ({_MOVE_HEAD_FROM.replace('?', '%b')} RETURNING id) "
     + _POSTGRES_INSERT
     + " WHERE EXISTS (SELECT 1 FROM moved)"
 )
+
+
+_SQLITE_ROWS = 256
 
 
 @functools.lru_cache(maxsize=_SQLITE_ROWS)

@@ -9,9 +9,8 @@ resolves each caller's future with its seq, or fails them all with `AuditUnavail
 load batches grow by themselves; alone, a record waits for nothing but its own commit.
 
 An event loop's records are handed over together, once per turn of the loop: the requests of
-one computed batch resume in the same turn, and handing each record over on its own woke the
-writer thread once per record, to take the GIL from the loop each time, commit a batch of one
-or two, and hand it back (measured: the write time, not the disk, was most of the cost).
+one computed batch resume in the same turn, so the writer thread is woken once for them (each
+wake-up takes the GIL from the loop's thread) and finds them all in one item.
 
 A record_id that conflicts with a stored record fails only its own caller: the batch is then
 retried one record at a time. The writer also signs a checkpoint of the head every
@@ -91,7 +90,7 @@ class AuditWriter:
         """Queue `record`; the future resolves to its seq once it is durable."""
         pending = _Pending(record, Future())
         with self._lock:
-            self._admit(1)
+            self._admit()
             self._queue.put([pending])
         return pending.future
 
@@ -103,7 +102,7 @@ class AuditWriter:
         waiter: asyncio.Future[int] = loop.create_future()
         pending = _Pending(record, Future(), waiter, loop)
         with self._lock:
-            self._admit(1)
+            self._admit()
             turn = self._turns.get(loop)
             if turn is None:
                 turn = self._turns[loop] = []
@@ -111,13 +110,13 @@ class AuditWriter:
             turn.append(pending)
         return await waiter
 
-    def _admit(self, count: int) -> None:
-        """Under the lock: count `count` more records in, or refuse them."""
+    def _admit(self) -> None:
+        """Under the lock: count one more record in, or refuse it."""
         if self._closed:
             raise AuditUnavailable("the audit writer is closed")
-        if self._waiting + count > self._max_pending:
+        if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._max_pending} audit records are waiting to be written")
-        self._waiting += count
+        self._waiting += 1
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, at the end of a turn: its records to the writer thread, in one item
