@@ -18,12 +18,13 @@ Tables (all prefixed `audit_`):
     audit_subject_keys  each subject's data key, wrapped (`sidelight.audit.subjects`)
 
 Appends form one chain across threads and processes. A process links a batch to the head it
-last wrote, then one statement moves the head from exactly that seq and hash to the batch's end
-and inserts the batch only if it did (PostgreSQL: one round trip in autocommit, the head row
-locked by the UPDATE; SQLite: inside `BEGIN IMMEDIATE`, which takes the database's write
-lock). If another process appended in between, nothing is written and the batch is linked
-again. A locking transaction (`transaction()`: `SELECT … FOR UPDATE` on the head row, or
-`BEGIN IMMEDIATE`) is the fallback, and the way prune, erase and checkpoints change the log.
+last wrote, then one statement inserts the batch only if the head is still exactly that seq
+and hash, and moves it to the batch's end (PostgreSQL: one round trip in autocommit, the head
+row locked by the UPDATE; SQLite: one INSERT in autocommit, checked and followed by TEMP
+triggers on the appender's own connection). If another process appended in between, nothing
+is written and the batch is linked again. A locking transaction (`transaction()`:
+`SELECT … FOR UPDATE` on the head row, or `BEGIN IMMEDIATE`) is the fallback, and the way
+prune, erase and checkpoints change the log.
 SQLite runs in WAL mode with `synchronous=FULL`, and PostgreSQL commits synchronously, so a
 record is on disk when `append` returns.
 
@@ -64,6 +65,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
@@ -288,13 +290,13 @@ class AuditTransaction(AuditReader):
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)
-        # SQLite has no FOR UPDATE: there BEGIN IMMEDIATE already holds the write lock. The
-        # head's two statements are written out (as is the insert): they run for every batch,
-        # and compiling them each time was a measurable share of a small batch's time.
-        postgres = connection.dialect.name == "postgresql"
-        locked = connection.exec_driver_sql(_LOCK_HEAD + (" FOR UPDATE" if postgres else "")).one()
-        self._head = Head(locked.seq, bytes(locked.hash))
-        self._move_head_sql = _MOVE_HEAD.replace("?", "%s") if postgres else _MOVE_HEAD
+        # SQLite ignores FOR UPDATE: there BEGIN IMMEDIATE already holds the write lock.
+        locked = connection.execute(
+            select(head_table.c.seq, head_table.c.hash)
+            .where(head_table.c.id == 1)
+            .with_for_update()
+        ).one()
+        self._head = Head(locked.seq, locked.hash)
 
     def head(self) -> Head:
         return self._head
@@ -321,8 +323,6 @@ class AuditTransaction(AuditReader):
             stored.append(entry)
             tip = Head(entry.seq, digest)
         if rows:
-            # The driver's executemany with the values as they are: SQLAlchemy's insert()
-            # processed every bound value in Python, a third of the writer's time per record.
             _insert(self._connection, rows)
             self._move_head(tip)
         return stored
@@ -359,7 +359,9 @@ class AuditTransaction(AuditReader):
         return bool(result.rowcount)
 
     def _move_head(self, tip: Head) -> None:
-        self._connection.exec_driver_sql(self._move_head_sql, (tip.seq, tip.hash))
+        self._connection.execute(
+            update(head_table).where(head_table.c.id == 1).values(seq=tip.seq, hash=tip.hash)
+        )
         self._head = tip
 
     def _by_record_id(self, record_ids: list[str]) -> dict[str, RawRecord]:
@@ -459,7 +461,7 @@ class AuditStore:
             try:
                 if self.dialect == "postgresql":
                     return _append_postgres(connection, tip, last, rows)
-                return _append_sqlite(connection, tip, last, rows)
+                return _append_sqlite(connection, rows)
             except dbapi.IntegrityError:
                 raise
             except dbapi.Error as exc:
@@ -714,7 +716,7 @@ def _append_postgres(connection: Any, tip: Head, last: StoredRecord, rows: list[
         return bool(cursor.rowcount == len(rows))
 
 
-def _append_sqlite(connection: Any, tip: Head, last: StoredRecord, rows: list[Any]) -> bool:
+def _append_sqlite(connection: Any, rows: list[Any]) -> bool:
     """One many-row INSERT in autocommit mode: SQLite takes the write lock when the statement
     starts and commits (durably) when it ends, and the appender's temporary triggers check
     each row's link against the head and move the head (`_SQLITE_APPENDER_TRIGGERS`). One
@@ -722,7 +724,6 @@ def _append_sqlite(connection: Any, tip: Head, last: StoredRecord, rows: list[An
     batch, not once per statement of a transaction (that waiting, behind the event loop's
     thread, was most of a small batch's commit time). A batch beyond one statement's rows
     is wrapped in BEGIN IMMEDIATE ... COMMIT."""
-    del tip, last  # the triggers compare each row with the head as stored
     cursor = connection.cursor()
     inserts = list(_sqlite_inserts(rows))
     try:
@@ -765,7 +766,8 @@ _SQLITE_APPENDER_TRIGGERS = (
 
 
 def _insert(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert audit_records rows inside a locked transaction (the slow path of `append`)."""
+    """Insert audit_records rows inside a locked transaction (the slow path of `append`),
+    with the same statements as the one-statement path."""
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(_POSTGRES_INSERT, _columns(rows))
     else:
@@ -799,9 +801,6 @@ def _linked(batch: Sequence[AuditRecord], contents: list[bytes], tip: Head) -> l
 
 
 _OPTIMISTIC_TRIES = 3  # appends linked to a head another process moved, before locking it
-_LOCK_HEAD = f"SELECT seq, hash FROM {head_table.name} WHERE id = 1"
-_MOVE_HEAD = f"UPDATE {head_table.name} SET seq = ?, hash = ? WHERE id = 1"
-_MOVE_HEAD_FROM = _MOVE_HEAD + " AND seq = ? AND hash = ?"
 
 # %b: binary parameters (bytea arrays in text format are escaped byte by byte, in Python).
 _POSTGRES_INSERT = (
@@ -810,7 +809,8 @@ _POSTGRES_INSERT = (
     "%b::bytea[], %b::bytea[], %b::text[], %b::bytea[], %b::bytea[])"
 )
 _POSTGRES_APPEND = (
-    f"WITH moved AS ({_MOVE_HEAD_FROM.replace('?', '%b')} RETURNING id) "
+    f"WITH moved AS (UPDATE {head_table.name} SET seq = %b, hash = %b "
+    "WHERE id = 1 AND seq = %b AND hash = %b RETURNING id) "
     + _POSTGRES_INSERT
     + " WHERE EXISTS (SELECT 1 FROM moved)"
 )
