@@ -9,6 +9,7 @@ and never reaches a worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
@@ -23,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sidelight.audit import recording
 from sidelight.audit.log import AuditLog
 from sidelight.audit.record import AuditRecord
 from sidelight.audit.store import StoredRecord
@@ -275,6 +277,7 @@ class DataPlane:
                 params.model_dump(mode="json"),
                 caller=request.caller,
                 subject_id=request.subject_id,
+                reasons=result.reasons,
             )
             await self._audit.write(record)
         if self._sampler is not None:
@@ -457,12 +460,15 @@ class DataPlane:
     def _new_predict_group(model: str, version: str, shape: tuple[int, ...]) -> Group:
         return Group((model, version, shape), model, version, PREDICT, run_predict, split_result)
 
-    @staticmethod
     def _new_explain_group(
-        entry: ModelVersion, method: AnyMethod, params: Params, shape: tuple[int, ...]
+        self, entry: ModelVersion, method: AnyMethod, params: Params, shape: tuple[int, ...]
     ) -> Group:
         params_key = json.dumps(params.model_dump(mode="json"), sort_keys=True)
         key = (entry.name, entry.version, method.name, params_key, shape)
+        # With an audit log, the records' top-k reasons are computed here, with the batch, on
+        # the executor's thread: once per batch rather than once per request on the loop.
+        top_k = self._audit.settings.top_k if self._audit is not None else None
+        feature_names = tuple(entry.primary.config.input.feature_names or ())
 
         def run(
             model: Model,
@@ -472,7 +478,11 @@ class DataPlane:
             max_rows: int,
             measure: Measure,
         ) -> BatchResult:
-            return run_explain(method, params, model, inputs, targets, seeds, max_rows, measure)
+            result = run_explain(method, params, model, inputs, targets, seeds, max_rows, measure)
+            if top_k is None or result.attributions is None:
+                return result
+            reasons = recording.summarize(result.attributions, feature_names, top_k)
+            return dataclasses.replace(result, reasons=reasons)
 
         return Group(
             key,

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sidelight.audit.record import FeatureWeight
 from sidelight.methods.base import Attribution, AttributionShape, Batch, Params
 from sidelight.methods.catalog import AnyMethod
 from sidelight.methods.chunking import Measure, run_chunked, unmeasured
@@ -70,6 +71,9 @@ class BatchResult:
     evaluations_per_instance: int
     stopped_by: str = ""
     local_fidelity: npt.NDArray[np.float64] | None = None
+    # Per instance, the top-k reasons an audit record keeps: computed with the batch when the
+    # server keeps an audit log (one vectorised call instead of one per request).
+    reasons: tuple[tuple[FeatureWeight, ...], ...] | None = None
 
 
 def split_result(result: BatchResult, start: int, stop: int) -> BatchResult:
@@ -85,6 +89,7 @@ def split_result(result: BatchResult, start: int, stop: int) -> BatchResult:
         result.evaluations_per_instance,
         result.stopped_by,
         part(result.local_fidelity),
+        part(result.reasons),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from sidelight.audit.record import AuditRecord, FeatureWeight, RecordKind
+from sidelight.audit.recording import GRID
 from sidelight.audit.store import AuditStore
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -51,6 +52,40 @@ def make_record(n: int, *, subject_id: str = "subject-1", **fields: Any) -> Audi
     }
     values.update(fields)
     return AuditRecord(**values)
+
+
+def regions_by_hand(attributions: np.ndarray) -> tuple[list[list[float]], list[str]]:
+    """Each instance's sum over every cell of a GRID x GRID split (np.array_split's), with
+    the channels added up, looping over cells; and the cells' row/column ranges."""
+    n, height, width = attributions.shape[0], *attributions.shape[-2:]
+    rows = np.array_split(np.arange(height), min(GRID, height))
+    cols = np.array_split(np.arange(width), min(GRID, width))
+    sums = []
+    for i in range(n):
+        plane = attributions[i].reshape(-1, height, width).astype(np.float64)
+        sums.append(
+            [
+                float(plane[:, row[0] : row[-1] + 1, col[0] : col[-1] + 1].sum())
+                for row in rows
+                for col in cols
+            ]
+        )
+    spans = [
+        f"rows {row[0] + 1}-{row[-1] + 1}, columns {col[0] + 1}-{col[-1] + 1}"
+        for row in rows
+        for col in cols
+    ]
+    return sums, spans
+
+
+def top_regions(attributions: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+    """Per instance, the k cells with the largest |sum| (ties: the earlier cell), by hand."""
+    sums, spans = regions_by_hand(attributions)
+    ranked = []
+    for cells in sums:
+        order = sorted(range(len(cells)), key=lambda j: -abs(cells[j]))[:k]
+        ranked.append([(spans[j], cells[j]) for j in order])
+    return ranked
 
 
 # -- tampering, in SQL ---------------------------------------------------------------------

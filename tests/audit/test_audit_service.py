@@ -33,7 +33,7 @@ from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from .support import PostgresServer, create_database
+from .support import PostgresServer, create_database, top_regions
 
 pytestmark = pytest.mark.slow
 
@@ -99,12 +99,58 @@ def test_an_explanation_is_recorded_and_its_record_checks_out_independently(
     np.testing.assert_array_equal(to_array(stored.attributions), to_array(reply.attributions))
     assert content["targets"] == list(reply.targets)
     np.testing.assert_allclose(content["outputs"], to_array(reply.outputs), rtol=1e-6)
-    assert len(content["summary"]) == 3 and len(content["summary"][0]) == 8
-    assert content["summary"][0][0]["name"].startswith("rows ")
+    assert_summary_of(content, to_array(reply.attributions))
     assert {"torch", "captum", "python"} <= set(content["versions"])
     assert stored.has_encrypted_input  # store_inputs, and the request named its subject
     # The raw input is nowhere in the record.
     assert images.tobytes()[:64].hex() not in stored.content_json
+
+
+def assert_summary_of(content: dict[str, object], attributions: np.ndarray) -> None:
+    """The record's top-8 regions are those of the returned maps, summed cell by cell."""
+    summary = content["summary"]
+    assert isinstance(summary, list) and len(summary) == len(attributions)
+    for instance, cells in zip(summary, top_regions(attributions, 8), strict=True):
+        assert [w["name"].split(" (")[0] for w in instance] == [span for span, _ in cells]
+        assert [w["value"] for w in instance] == pytest.approx([v for _, v in cells], 1e-6)
+
+
+@pytest.fixture
+def gathering(model_repository: Path) -> Iterator[ServerThread]:
+    """An audited server whose batches wait long for company (200 ms)."""
+    running = ServerThread(server_settings(model_repository, max_wait_ms=200.0))
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("method", ["saliency", "grad_cam"])
+def test_requests_batched_together_each_get_the_summary_of_their_own_maps(
+    gathering: ServerThread, method: str
+) -> None:
+    """The reasons are computed once per batch (on the executor's thread) and split back:
+    concurrent requests share batches, and each record must still summarise its own maps."""
+    images = digits(12, start=100)
+    with gathering.channel() as channel:
+        stub = stub_of(channel)
+
+        def explain_and_read(i: int) -> tuple[np.ndarray, dict[str, object]]:
+            reply = stub.Explain(explain_request("digits", images[i : i + 1], method), timeout=60)
+            stored = stub.GetAuditRecord(
+                pb.GetAuditRecordRequest(record_id=reply.explanation_id), timeout=30
+            )
+            return to_array(reply.attributions), json.loads(stored.content_json)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(explain_and_read, range(12)))
+    maps = [attributions for attributions, _ in answers]
+    assert len({m.tobytes() for m in maps}) == 12  # twelve different images, twelve maps
+    for attributions, content in answers:
+        assert_summary_of(content, attributions)
+    batches = gathering.service.metrics.registry.get_sample_value(
+        "sidelight_batch_size_instances_count",
+        {"model": "digits", "task": method, "device": "cpu"},
+    )
+    assert batches is not None and batches < 12  # some requests did share a batch
 
 
 def test_the_cli_verifies_shows_reports_and_replays_a_served_explanation(

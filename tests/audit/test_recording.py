@@ -5,31 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sidelight.audit.recording import GRID, summarize
+from sidelight.audit.recording import summarize
 
-
-def regions_by_hand(attributions: np.ndarray) -> tuple[list[list[float]], list[str]]:
-    """Each instance's sum over every cell of a GRID x GRID split (np.array_split's), with
-    the channels added up, looping over cells; and the cells' row/column ranges."""
-    n, height, width = attributions.shape[0], *attributions.shape[-2:]
-    rows = np.array_split(np.arange(height), min(GRID, height))
-    cols = np.array_split(np.arange(width), min(GRID, width))
-    sums = []
-    for i in range(n):
-        plane = attributions[i].reshape(-1, height, width).astype(np.float64)
-        sums.append(
-            [
-                float(plane[:, row[0] : row[-1] + 1, col[0] : col[-1] + 1].sum())
-                for row in rows
-                for col in cols
-            ]
-        )
-    spans = [
-        f"rows {row[0] + 1}-{row[-1] + 1}, columns {col[0] + 1}-{col[-1] + 1}"
-        for row in rows
-        for col in cols
-    ]
-    return sums, spans
+from .support import top_regions
 
 
 @pytest.mark.parametrize(
@@ -39,12 +17,11 @@ def test_image_regions_are_the_cell_sums(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(sum(shape))
     attributions = rng.normal(size=shape).astype(np.float32)
     summary = summarize(attributions, (), top_k=8)
-    sums, spans = regions_by_hand(attributions)
+    expected = top_regions(attributions, 8)
     assert len(summary) == shape[0]
-    for instance, expected in zip(summary, sums, strict=True):
-        order = sorted(range(len(expected)), key=lambda j: -abs(expected[j]))[:8]
-        assert [w.name.split(" (")[0] for w in instance] == [spans[j] for j in order]
-        assert [w.value for w in instance] == pytest.approx([expected[j] for j in order], 1e-9)
+    for instance, cells in zip(summary, expected, strict=True):
+        assert [w.name.split(" (")[0] for w in instance] == [span for span, _ in cells]
+        assert [w.value for w in instance] == pytest.approx([value for _, value in cells], 1e-9)
 
 
 def test_tabular_rows_keep_their_top_features_by_magnitude() -> None:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from sidelight.audit import keyfiles
-from sidelight.audit.record import AuditRecord, RecordKind
+from sidelight.audit.record import AuditRecord, FeatureWeight, RecordKind
 from sidelight.audit.recording import (
     explanation_record,
     finite,
@@ -135,7 +135,10 @@ class AuditLog:
         *,
         caller: str,
         subject_id: str,
+        reasons: tuple[tuple[FeatureWeight, ...], ...] | None = None,
     ) -> AuditRecord:
+        """The record of `explanation`; `reasons`, its top-k summary when already computed
+        with its batch (computed here otherwise)."""
         encrypted = self._encrypted(subject_id, inputs, explanation.explanation_id)
         return explanation_record(
             explanation,
@@ -147,6 +150,7 @@ class AuditLog:
             subject_id=subject_id,
             encrypted_input=encrypted,
             top_k=self.settings.top_k,
+            reasons=reasons,
         )
 
     def prediction(
