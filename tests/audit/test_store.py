@@ -4,9 +4,11 @@ raises AuditUnavailable without leaking the URL's password."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -325,6 +327,35 @@ def test_sqlite_commits_durably(tmp_path: Path) -> None:
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     finally:
         store.close()
+
+
+def test_sqlite_commits_leave_the_wal_to_be_folded_back_later(tmp_path: Path) -> None:
+    """A commit does not copy the WAL into the database file (SQLite would, inside the
+    commit crossing 4 MB); `fold_wal` does, once that much was appended, and the records
+    read back whole, from the database file alone."""
+    path = tmp_path / "audit.db"
+    store = AuditStore.open(f"sqlite:///{path}")
+    big = bytes(range(256)) * 800  # 200 KB: a 224 x 224 float32 map
+    try:
+        store.append([make_record(n, attributions=big) for n in range(1, 11)])  # 2 MB
+        store.fold_wal()  # not due yet
+        small = path.stat().st_size
+        assert small < 1 << 20
+        for first in (11, 21):  # 4 MB more, in two commits
+            store.append([make_record(n, attributions=big) for n in range(first, first + 10)])
+        assert path.stat().st_size == small  # no commit folded the WAL back
+        store.fold_wal()
+        assert path.stat().st_size > 30 * len(big)  # all 30 records are in the database file
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            _, log_pages, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert log_pages == copied  # nothing was left in the WAL alone
+    finally:
+        store.close()
+    reopened = AuditStore.open(f"sqlite:///{path}")
+    try:
+        assert reopened.count() == 30 and reopened.get("rec-00030").record.attributions == big
+    finally:
+        reopened.close()
 
 
 def test_a_head_behind_its_records_refuses_appends(store: AuditStore) -> None:

@@ -104,6 +104,33 @@ def test_one_turn_of_the_loop_is_one_batch(store_url: str) -> None:
     assert store.batches == [40]
 
 
+class FoldingStore(AuditStore):
+    """The real store, noting for each WAL fold whether the last batch's callers had their
+    answers by then."""
+
+    answered: list[bool]
+    futures: list[Future[int]]
+
+    def fold_wal(self) -> None:
+        self.answered.append(all(future.done() for future in self.futures))
+        super().fold_wal()
+
+
+def test_the_wal_is_folded_back_after_the_callers_are_answered(tmp_path: Path) -> None:
+    store = FoldingStore.open(f"sqlite:///{tmp_path / 'audit.db'}")
+    store.answered, store.futures = [], []
+    writer = AuditWriter(store)
+    try:
+        for n in range(1, 4):
+            store.futures = [writer.submit(make_record(n))]
+            store.futures[0].result(timeout=30)
+            wait_until(lambda n=n: len(store.answered) == n, 30, "the writer to fold the WAL")
+    finally:
+        writer.close()
+        store.close()
+    assert store.answered == [True, True, True]
+
+
 def test_records_of_a_turn_that_ends_after_close_are_refused(store: AuditStore) -> None:
     writer = AuditWriter(store)
 

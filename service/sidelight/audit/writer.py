@@ -148,6 +148,7 @@ class AuditWriter:
             if batch:
                 self._commit(batch)
                 self._wake(batch)
+                self._store.fold_wal()  # with the callers answered
             self._checkpoint_if_due(closing)
             if closing:
                 return
