@@ -1,6 +1,6 @@
 """What the audit log costs synchronous throughput, side by side in one run.
 
-    python bench/audit_overhead.py                                   # ~20 minutes
+    python bench/audit_overhead.py                                   # ~30 minutes
     python bench/audit_overhead.py --quick --models digits           # smoke test
     python bench/audit_overhead.py --postgres-url postgresql://user@host/db
 
