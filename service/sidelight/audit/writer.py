@@ -12,6 +12,9 @@ An event loop's records are handed over together, once per turn of the loop: the
 one computed batch resume in the same turn, so the writer thread is woken once for them (each
 wake-up takes the GIL from the loop's thread) and finds them all in one item.
 
+Once a batch's callers are answered, the writer lets the store do what its commits leave for
+later (on SQLite, copying the write-ahead log back into the database: `AuditStore.fold_wal`).
+
 A record_id that conflicts with a stored record fails only its own caller: the batch is then
 retried one record at a time. The writer also signs a checkpoint of the head every
 `checkpoint_every` records or `checkpoint_interval_s` seconds, whichever comes first, and once
