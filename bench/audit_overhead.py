@@ -68,8 +68,11 @@ def drop_database(admin_url: str, url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
 
-def serve_args(store: str, scratch: Path, postgres_url: str, rows: int) -> tuple[str, ...]:
-    base = ("--faithfulness-sample", "0", "--fixed-chunks", "--max-rows-per-call", str(rows))
+def serve_args(store: str, scratch: Path, postgres_url: str, rows: int | None) -> tuple[str, ...]:
+    """The server's flags; `rows`: rows per model call, fixed (None: the executor's sizer)."""
+    base: tuple[str, ...] = ("--faithfulness-sample", "0")
+    if rows is not None:
+        base = (*base, "--fixed-chunks", "--max-rows-per-call", str(rows))
     if store == "off":
         return (*base, "--audit", "off")
     folder = Path(tempfile.mkdtemp(prefix="audit-", dir=scratch))
@@ -120,7 +123,12 @@ def interleaved(
                     model,
                     method,
                     args.callers,
-                    serve_args(store, scratch, database, ROWS_PER_CALL[model]),
+                    serve_args(
+                        store,
+                        scratch,
+                        database,
+                        None if args.adaptive_chunks else ROWS_PER_CALL[model],
+                    ),
                     pool,
                     window,
                     case / f"server-{store}-{round_}.log",
@@ -195,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--callers", type=int, default=32)
+    parser.add_argument(
+        "--adaptive-chunks",
+        action="store_true",
+        help="leave rows per call to each server's sizer (noisier; see ROWS_PER_CALL)",
+    )
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
@@ -239,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit",
         None if args.quick else args.docs,
         (DOCS_BEGIN, DOCS_END),
-        f"{args.rounds} rounds of interleaved slices, {args.callers} callers; ratios: the "
+        f"{args.rounds} rounds of interleaved slices, {args.callers} callers, "
+        + ("rows per call left to the sizer" if args.adaptive_chunks else "rows per call fixed")
+        + "; ratios: the "
         "median of the rounds' paired ratios [lowest, highest].",
     )
     return 0
