@@ -99,7 +99,7 @@ def records_written(samples: list[Any]) -> tuple[float, float | None]:
     return written, (seconds / count if count else None)
 
 
-def interleaved(
+def measure_rounds(
     repository: Path,
     model: str,
     method: str,
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # 256 answers, so that a figure rests on many group commits.
             window = args.window * (3 if model_name == "resnet18" else 1)
             least = 0 if args.quick or model_name != "resnet18" else 256
-            slices = interleaved(
+            slices = measure_rounds(
                 repository, model_name, method, args, pool, window, least, scratch, case
             )
             row: dict[str, Any] = {"model": model_name, "method": method, "max_cost": max_cost}
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit",
         None if args.quick else args.docs,
         (DOCS_BEGIN, DOCS_END),
-        f"{args.rounds} rounds of interleaved slices, {args.callers} callers, "
+        f"{args.rounds} rounds, a fresh server per slice, {args.callers} callers, "
         + ("rows per call left to the sizer" if args.adaptive_chunks else "rows per call fixed")
         + "; ratios: the "
         "median of the rounds' paired ratios [lowest, highest].",

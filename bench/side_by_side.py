@@ -44,19 +44,7 @@ def measure(
     min_instances: int = 0,
 ) -> tuple[float, list[Any]]:
     """(instances per second over the window, the server's /metrics samples after it)."""
-    spec = load_spec(model, method, callers, pool, window_s, min_instances)
-    with running_server(repository, serve_args, log) as server:
-        throughput = load_once(server.address, spec)
-        samples = metric_samples(server.metrics_url)
-    return throughput, samples
-
-
-def load_spec(
-    model: str, method: str, callers: int, pool: Path, window_s: float, min_instances: int = 0
-) -> dict[str, Any]:
-    """The load generator's spec: `callers` closed-loop callers, one instance a request, a
-    warm-up, then a window of at least `window_s` seconds and `min_instances` answers."""
-    return {
+    spec = {
         "model": model,
         "method": method,
         "params": PARAMS.get(method, {}),
@@ -70,12 +58,10 @@ def load_spec(
         "min_instances": min_instances,
         "max_window_s": window_s * 3,
     }
-
-
-def load_once(address: str, spec: dict[str, Any]) -> float:
-    """One run of the load generator against `address`: instances answered per second."""
-    result = run_load({"target": address, **spec}, spec["min_window_s"] * 8 + 600)
-    return float(result["throughput"])
+    with running_server(repository, serve_args, log) as server:
+        result = run_load({"target": server.address, **spec}, window_s * 8 + 600)
+        samples = metric_samples(server.metrics_url)
+    return float(result["throughput"]), samples
 
 
 def publish(
