@@ -1,7 +1,7 @@
 """ChunkSizer: the adaptive rows-per-call of one batch group, fed synthetic measurements.
 
 The sizer never reads a clock: the executor times each model call (sidelight.batching.timing)
-and calls `record(rows, seconds)`.
+and reports a batch's calls with `record_batch(chunk, [(rows, seconds), ...])`.
 Here the "device" is a cost model, so every expected size can be worked out by hand.
 """
 
@@ -16,8 +16,8 @@ from sidelight.batching.sizing import (
     MAX_PARTIAL_CALLS,
     SAMPLES_PER_SIZE,
     START_ROWS,
-    WARMUP_CALLS,
     ChunkSizer,
+    Verdict,
 )
 from sidelight.batching.timing import CallTimer
 from sidelight.methods.base import Attribution, Batch
@@ -27,56 +27,93 @@ Cost = Callable[[int, int], float]
 
 
 def call_cost(overhead: float, per_row: float) -> Cost:
-    """Seconds for `rows` rows in calls of `chunk` rows: a fixed cost per call plus per row."""
+    """Seconds for a call of `rows` rows at a chunk of `chunk`: a fixed cost plus per row."""
 
     def seconds(rows: int, chunk: int) -> float:
-        calls = -(-rows // chunk)
-        return calls * overhead + rows * per_row
+        return overhead + rows * per_row
 
     return seconds
 
 
-def feed(
-    sizer: ChunkSizer, seconds_per_row: float, times: int = WARMUP_CALLS + SAMPLES_PER_SIZE
-) -> None:
-    """`times` full calls at the current size, each taking `seconds_per_row` per row."""
-    for _ in range(times):
-        rows = 4 * sizer.current
-        sizer.record(rows, seconds_per_row * rows)
+def batch(sizer: ChunkSizer, seconds: Cost, rows: int | None = None) -> Verdict | None:
+    """One batch of `rows` rows (default: four of the biggest size compared) run as the
+    executor runs it: at `sizer.current` rows per call, in equal parts."""
+    chunk = sizer.current
+    rows = 4 * max(sizer.comparing or (chunk,)) if rows is None else rows
+    calls = -(-rows // chunk)
+    small, larger = divmod(rows, calls)
+    parts = [small + (1 if index < larger else 0) for index in range(calls)]
+    return sizer.record_batch(chunk, [(part, seconds(part, chunk)) for part in parts])
 
 
-def climb(sizer: ChunkSizer, seconds: Cost, limit: int = 100) -> list[int]:
-    """Drive the sizer as the executor does until it settles; the sizes it used, in order."""
-    used = [sizer.current]
+def per_row(cost: dict[int, float]) -> Cost:
+    """A device on which a call at chunk `c` costs `cost[c]` seconds per row."""
+    return lambda rows, chunk: rows * cost[chunk]
+
+
+def climb(sizer: ChunkSizer, seconds: Cost, limit: int = 1000) -> list[tuple[int, int, int]]:
+    """Batches until the sizer settles; each comparison's (smaller, bigger, kept), in order."""
+    verdicts: list[tuple[int, int, int]] = []
     for _ in range(limit):
         if sizer.settled:
-            return used
-        rows = 4 * sizer.current
-        sizer.record(rows, seconds(rows, sizer.current))
-        if sizer.current != used[-1]:
-            used.append(sizer.current)
-    raise AssertionError(f"never settled: {used}")
+            return verdicts
+        verdict = batch(sizer, seconds)
+        if verdict is not None:
+            verdicts.append((verdict.smaller, verdict.bigger, verdict.kept))
+    raise AssertionError(f"never settled: {verdicts}")
+
+
+# One sample per batch; the first call at each size is left out, but a default batch of four
+# chunks still leaves three calls for its sample.
+BATCHES_PER_COMPARISON = 2 * SAMPLES_PER_SIZE
 
 
 def test_starts_at_eight_rows_within_the_bound() -> None:
     assert START_ROWS == 8
     sizer = ChunkSizer(512)
-    assert (sizer.current, sizer.settled) == (8, False)
+    assert (sizer.current, sizer.settled, sizer.comparing) == (8, False, (8, 16))
     assert ChunkSizer(5).current == 5  # the bound wins over the start
+    assert ChunkSizer(5).settled  # and there is nothing to compare it with
 
 
 def test_fixed_chunks_use_the_bound_and_never_move() -> None:
     sizer = ChunkSizer(96, adaptive=False)
-    assert (sizer.current, sizer.settled) == (96, True)
-    feed(sizer, 1.0)
+    assert (sizer.current, sizer.settled, sizer.comparing) == (96, True, None)
+    for _ in range(BATCHES_PER_COMPARISON):
+        assert batch(sizer, call_cost(1.0, 0.0)) is None
     assert sizer.current == 96
 
 
-def test_a_size_is_judged_on_several_full_calls() -> None:
+def test_the_two_sizes_of_a_comparison_run_in_alternate_batches() -> None:
     sizer = ChunkSizer(512)
-    feed(sizer, 1.0, times=WARMUP_CALLS + SAMPLES_PER_SIZE - 1)
-    assert sizer.current == 8
-    feed(sizer, 1.0, times=1)
+    used = []
+    for _ in range(BATCHES_PER_COMPARISON - 1):
+        used.append(sizer.current)
+        assert batch(sizer, call_cost(1.0, 0.0)) is None
+    assert used == [8, 16] * (BATCHES_PER_COMPARISON // 2 - 1) + [8]
+    verdict = batch(sizer, call_cost(1.0, 0.0))  # the last sample of 16 decides
+    assert verdict is not None and (verdict.smaller, verdict.bigger, verdict.kept) == (8, 16, 16)
+    assert sizer.comparing == (16, 32)
+
+
+def test_a_drift_in_the_load_does_not_decide_for_the_size_measured_first() -> None:
+    """The machine slows down while the sizer measures (callers arrive, the audit log starts
+    writing): every call gets slower, batch after batch. Measured one size after the other,
+    the later size would look worse; measured in alternate batches, both see the same load."""
+    batches = 0
+
+    def seconds(rows: int, chunk: int) -> float:
+        load = 1.0 + 0.1 * batches  # the 16th batch runs 2.5 times slower than the first
+        return load * rows * {8: 1.0, 16: 0.8, 32: 0.79}[chunk]
+
+    sizer = ChunkSizer(32)
+    verdicts: list[tuple[int, int, int]] = []
+    while not sizer.settled:
+        verdict = batch(sizer, seconds)
+        batches += 1
+        if verdict is not None:
+            verdicts.append((verdict.smaller, verdict.bigger, verdict.kept))
+    assert verdicts == [(8, 16, 16), (16, 32, 16)]
     assert sizer.current == 16
 
 
@@ -84,59 +121,63 @@ def test_the_first_calls_at_a_size_and_outliers_do_not_decide() -> None:
     """A new shape's first call pays for allocation and kernel plans; one slow call in seven
     (a neighbour's burst) moves the median of the rest by nothing."""
     sizer = ChunkSizer(512)
-    feed(sizer, 1.0)
-    assert sizer.current == 16
-    sizer.record(64, 64 * 50.0)  # the warm-up call at 16 rows: very slow, left out
+    sizer.record_batch(8, [(8, 8 * 1.0)])
+    sizer.record_batch(16, [(16, 16 * 50.0)])  # the warm-up call at 16 rows: very slow, left out
     for index in range(SAMPLES_PER_SIZE):
+        sizer.record_batch(8, [(8, 8 * 1.0)])
         slow = index == 3
-        sizer.record(64, 64 * (5.0 if slow else 0.5))  # 50% better, one outlier
-    assert (sizer.current, sizer.settled) == (32, False)
+        verdict = sizer.record_batch(16, [(16, 16 * (5.0 if slow else 0.5))])
+    assert verdict is not None and verdict.kept == 16
+    assert verdict.bigger_per_row == 0.5
+    assert sizer.comparing == (16, 32)
 
 
 def test_partial_and_empty_measurements_are_ignored() -> None:
     sizer = ChunkSizer(512)
     for _ in range(10):
-        sizer.record(4, 1.0)  # half a chunk or less: says nothing about the size
-        sizer.record(64, 0.0)  # a clock that did not move
-        sizer.record(64, -1.0)
-    assert (sizer.current, sizer.settled) == (8, False)
+        chunk = sizer.current
+        # half a chunk or less says nothing about the size; nor does a clock that did not move
+        sizer.record_batch(chunk, [(chunk // 2, 1.0), (chunk, 0.0), (chunk, -1.0)])
+    assert (sizer.settled, sizer.comparing) == (False, (8, 16))
 
 
-def test_doubles_while_the_time_per_row_improves_enough_then_goes_back() -> None:
+def test_a_batch_at_a_size_not_being_compared_is_ignored() -> None:
+    """A batch taken before a comparison ended reports after it: it judges nothing."""
     sizer = ChunkSizer(512)
-    feed(sizer, 1.0)
-    assert sizer.current == 16
-    feed(sizer, 0.5)  # 50% better: keep doubling
-    assert sizer.current == 32
-    feed(sizer, 0.5 * (1 - GAIN - 0.01))  # 6% better: still worth it
-    assert sizer.current == 64
-    feed(sizer, 0.47 * (1 - GAIN + 0.01))  # only 4% better than 32: back to 32, for good
+    for _ in range(BATCHES_PER_COMPARISON):
+        sizer.record_batch(64, [(64, 64 * 0.01)])
+    assert sizer.comparing == (8, 16)
+
+
+def test_doubles_while_the_time_per_row_improves_enough_then_stays() -> None:
+    cost = {8: 1.0, 16: 0.5, 32: 0.5 * (1 - GAIN - 0.01), 64: 0.47 * (1 - GAIN + 0.01)}
+    sizer = ChunkSizer(512)
+    assert climb(sizer, per_row(cost)) == [(8, 16, 16), (16, 32, 32), (32, 64, 32)]
     assert (sizer.current, sizer.settled) == (32, True)
-    feed(sizer, 0.001)  # later measurements no longer move it
+    assert batch(sizer, per_row({32: 0.001})) is None  # later batches no longer move it
     assert sizer.current == 32
 
 
-def test_a_size_that_is_slower_sends_it_back() -> None:
+def test_a_size_that_is_slower_keeps_the_smaller() -> None:
     sizer = ChunkSizer(512)
-    feed(sizer, 1.0)
-    feed(sizer, 1.2)
+    assert climb(sizer, per_row({8: 1.0, 16: 1.2})) == [(8, 16, 8)]
     assert (sizer.current, sizer.settled) == (8, True)
 
 
 def test_a_large_model_settles_where_doubling_stops_paying() -> None:
     # Time per row = overhead / chunk + per_row: each doubling halves the first term.
     # 1024 -> 2048 saves under 5% (0.01098 -> 0.01049 s per row), so 1024 it is.
-    seconds = call_cost(overhead=1.0, per_row=0.01)
     sizer = ChunkSizer(4096)
-    used = climb(sizer, seconds)
-    assert used == [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 1024]
+    verdicts = climb(sizer, call_cost(overhead=1.0, per_row=0.01))
+    assert [kept for _, _, kept in verdicts] == [16, 32, 64, 128, 256, 512, 1024, 1024]
+    assert verdicts[-1][:2] == (1024, 2048)
     assert sizer.current == 1024
 
 
 def test_a_model_that_always_gains_climbs_to_the_bound_and_no_further() -> None:
     seconds = call_cost(overhead=1.0, per_row=0.0)  # a GPU with memory to spare
     sizer = ChunkSizer(256)
-    assert climb(sizer, seconds) == [8, 16, 32, 64, 128, 256]
+    assert [kept for _, _, kept in climb(sizer, seconds)] == [16, 32, 64, 128, 256]
     assert sizer.current == 256
 
 
@@ -145,8 +186,8 @@ def test_never_tries_a_size_past_a_bound_that_is_not_a_power_of_two(
     bound: int, settles_at: int
 ) -> None:
     sizer = ChunkSizer(bound)
-    used = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
-    assert max(used) <= bound
+    verdicts = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
+    assert all(bigger <= bound for _, bigger, _ in verdicts)
     assert sizer.current == settles_at
 
 
@@ -197,35 +238,49 @@ def test_from_a_large_start_it_first_walks_down_while_halving_costs_nothing() ->
         return rows * (1.0 + 0.1 * chunk.bit_length())
 
     sizer = ChunkSizer(512, start=32)
-    assert climb(sizer, seconds) == [32, 16, 8]
-    assert sizer.settled
+    assert climb(sizer, seconds) == [(16, 32, 16), (8, 16, 8)]
+    assert (sizer.current, sizer.settled) == (8, True)
 
 
 def test_from_a_large_start_a_tiny_model_goes_down_once_then_climbs() -> None:
     sizer = ChunkSizer(512, start=32)
-    used = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
-    assert used == [32, 16, 64, 128, 256, 512]  # 32 was measured on the way down
+    verdicts = climb(sizer, call_cost(overhead=1.0, per_row=0.0))
+    assert [kept for _, _, kept in verdicts] == [32, 64, 128, 256, 512]
+    assert verdicts[0][:2] == (16, 32)  # down once: halving 32 cost too much
     assert sizer.current == 512
+
+
+def test_after_walking_down_it_does_not_climb_back_to_a_size_that_lost() -> None:
+    """32 lost to 16 on the way down; when 16 then beats 8 the walk stops at 16."""
+    sizer = ChunkSizer(512, start=32)
+    verdicts = climb(sizer, per_row({32: 1.0, 16: 1.0, 8: 2.0}))
+    assert verdicts == [(16, 32, 16), (8, 16, 16)]
+    assert (sizer.current, sizer.settled) == (16, True)
 
 
 def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
     """Requests of one instance with 32 IG steps: calls of 32 rows can never judge 64."""
-    sizer = ChunkSizer(512)
-    feed(sizer, 1.0)  # 8
-    feed(sizer, 0.5)  # 16
-    feed(sizer, 0.25)  # 32, climbs to 64
-    assert sizer.current == 64
-    for _ in range(MAX_PARTIAL_CALLS):
-        sizer.record(32, 32 * 0.25)
+    seconds = call_cost(overhead=1.0, per_row=0.0)
+    sizer = ChunkSizer(512, start=32)
+    verdicts: list[tuple[int, int, int, float | None]] = []
+    for _ in range(2 * MAX_PARTIAL_CALLS + BATCHES_PER_COMPARISON):
+        if sizer.settled:
+            break
+        verdict = batch(sizer, seconds, rows=32)
+        if verdict is not None:
+            verdicts.append((verdict.smaller, verdict.bigger, verdict.kept, verdict.bigger_per_row))
+    assert verdicts[0][:3] == (16, 32, 32)
+    assert verdicts[1] == (32, 64, 32, None)  # 64 was never filled
     assert (sizer.current, sizer.settled) == (32, True)
 
 
 def test_a_call_of_more_than_half_a_chunk_is_judged() -> None:
     """At a chunk of 8, batches of 10 run as 5 + 5: those calls judge the size 8."""
     sizer = ChunkSizer(512)
-    for _ in range(WARMUP_CALLS + SAMPLES_PER_SIZE):
-        sizer.record(5, 5 * 1.0)
-    assert sizer.current == 16
+    verdict = None
+    while verdict is None:
+        verdict = batch(sizer, per_row({8: 1.0, 16: 0.5}), rows=10)
+    assert verdict is not None and verdict.smaller_per_row == 1.0 and verdict.kept == 16
 
 
 @pytest.mark.parametrize(

@@ -112,14 +112,30 @@ class DeviceExecutor:
                 request.resolve(group.split(result, start, start + request.size))
                 start += request.size
         seconds = time.perf_counter() - started
-        if not failed:
-            for rows, call_seconds in timer.timings():  # the batch is back on the host
-                sizer.record(rows, call_seconds)
+        if not failed:  # the batch is back on the host: its calls' times can be read
+            verdict = sizer.record_batch(chunk, timer.timings())
+            if verdict is not None:
+                log.info(
+                    "chunk sizing %s/%s %s: %d rows %s, %d rows %s per row: keeps %d%s",
+                    group.model,
+                    group.version,
+                    group.task,
+                    verdict.smaller,
+                    _micros(verdict.smaller_per_row),
+                    verdict.bigger,
+                    _micros(verdict.bigger_per_row),
+                    verdict.kept,
+                    " (settled)" if sizer.settled else "",
+                )
         self._on_batch(
             BatchReport(
                 group, str(self.device), batch.instances, seconds, chunk, batch.waited, failed
             )
         )
+
+
+def _micros(seconds: float | None) -> str:
+    return "never filled" if seconds is None else f"{seconds * 1e6:.0f} µs"
 
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
