@@ -13,7 +13,7 @@ import pytest
 import torch
 from sidelight.batching.sizing import (
     GAIN,
-    MAX_PARTIAL_CALLS,
+    MAX_SMALL_BATCHES,
     SAMPLES_PER_SIZE,
     START_ROWS,
     ChunkSizer,
@@ -121,10 +121,10 @@ def test_the_first_calls_at_a_size_and_outliers_do_not_decide() -> None:
     """A new shape's first call pays for allocation and kernel plans; one slow call in seven
     (a neighbour's burst) moves the median of the rest by nothing."""
     sizer = ChunkSizer(512)
-    sizer.record_batch(8, [(8, 8 * 1.0)])
+    sizer.record_batch(8, [(8, 8 * 1.0), (8, 8 * 1.0)])  # batches of 16 rows
     sizer.record_batch(16, [(16, 16 * 50.0)])  # the warm-up call at 16 rows: very slow, left out
     for index in range(SAMPLES_PER_SIZE):
-        sizer.record_batch(8, [(8, 8 * 1.0)])
+        sizer.record_batch(8, [(8, 8 * 1.0), (8, 8 * 1.0)])
         slow = index == 3
         verdict = sizer.record_batch(16, [(16, 16 * (5.0 if slow else 0.5))])
     assert verdict is not None and verdict.kept == 16
@@ -132,13 +132,34 @@ def test_the_first_calls_at_a_size_and_outliers_do_not_decide() -> None:
     assert sizer.comparing == (16, 32)
 
 
-def test_partial_and_empty_measurements_are_ignored() -> None:
+def test_empty_measurements_and_batches_too_small_for_the_bigger_size_are_ignored() -> None:
     sizer = ChunkSizer(512)
     for _ in range(10):
         chunk = sizer.current
-        # half a chunk or less says nothing about the size; nor does a clock that did not move
-        sizer.record_batch(chunk, [(chunk // 2, 1.0), (chunk, 0.0), (chunk, -1.0)])
+        sizer.record_batch(chunk, [(8, 0.0), (8, -1.0)])  # a clock that did not move
+        sizer.record_batch(chunk, [(8, 1.0)])  # 8 rows run alike at 8 and 16 rows a call
     assert (sizer.settled, sizer.comparing) == (False, (8, 16))
+
+
+def test_both_sizes_are_judged_on_the_same_batches() -> None:
+    """Batches grow when the server is contended (the queue builds up while the event loop
+    holds the GIL), and then every call is slower. Were each size judged on the batches that
+    fill it, 16 rows (batches of 9 and more) would be judged on the contended moments only and
+    8 rows on all: 16 would lose though it is 20% faster."""
+
+    def seconds(rows: int, chunk: int) -> float:
+        contention = 2.0 if batch_rows > 8 else 1.0
+        return contention * rows * {8: 1.0, 16: 0.8}[chunk]
+
+    sizer = ChunkSizer(16)
+    verdict = None
+    for index in range(200):
+        batch_rows = 12 if index // 2 % 2 == 0 else 6  # each size sees both kinds of batch
+        verdict = batch(sizer, seconds, rows=batch_rows)
+        if verdict is not None:
+            break
+    assert verdict is not None and verdict.kept == 16
+    assert verdict.smaller_per_row == 2.0  # judged on the batches of 12 only
 
 
 def test_a_batch_at_a_size_not_being_compared_is_ignored() -> None:
@@ -259,11 +280,11 @@ def test_after_walking_down_it_does_not_climb_back_to_a_size_that_lost() -> None
 
 
 def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
-    """Requests of one instance with 32 IG steps: calls of 32 rows can never judge 64."""
+    """Requests of one instance with 32 IG steps: batches of 32 rows can never judge 64."""
     seconds = call_cost(overhead=1.0, per_row=0.0)
     sizer = ChunkSizer(512, start=32)
     verdicts: list[tuple[int, int, int, float | None]] = []
-    for _ in range(2 * MAX_PARTIAL_CALLS + BATCHES_PER_COMPARISON):
+    for _ in range(MAX_SMALL_BATCHES + BATCHES_PER_COMPARISON + 10):
         if sizer.settled:
             break
         verdict = batch(sizer, seconds, rows=32)
@@ -274,8 +295,8 @@ def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
     assert (sizer.current, sizer.settled) == (32, True)
 
 
-def test_a_call_of_more_than_half_a_chunk_is_judged() -> None:
-    """At a chunk of 8, batches of 10 run as 5 + 5: those calls judge the size 8."""
+def test_a_batch_of_more_than_half_the_bigger_size_is_judged() -> None:
+    """Batches of 10 fill a chunk of 16 (one call of 10) and run as 5 + 5 at a chunk of 8."""
     sizer = ChunkSizer(512)
     verdict = None
     while verdict is None:

@@ -34,30 +34,26 @@ START_ROWS = 8
 GAIN = 0.05
 
 
-# When the bigger size's calls stay partial this many times in a row (the batches never fill
-# it), its calls are the smaller size's calls: the comparison ends for the smaller.
-MAX_PARTIAL_CALLS = 3 * SAMPLES_PER_SIZE
+# When this many batches in a row are too small to fill the bigger size of a comparison, the
+# batches run alike at both sizes: the comparison ends for the smaller.
+MAX_SMALL_BATCHES = 3 * SAMPLES_PER_SIZE
 
 
 @dataclass
 class _Arm:
-    """One size of a comparison and what its calls measured."""
+    """One size of a comparison and what its batches measured."""
 
     rows: int
     warmup_left: int = WARMUP_CALLS
     per_row: list[float] = field(default_factory=list)
-    partial_calls: int = 0
 
     def add(self, calls: Iterable[tuple[int, float]]) -> None:
-        """One batch's calls at this size: their full calls make one sample."""
+        """One batch's calls at this size make one sample, its first call at this size left
+        out."""
         rows_sum, seconds_sum = 0, 0.0
         for rows, seconds in calls:
             if seconds <= 0:  # a clock that did not move
                 continue
-            if not _fills(rows, self.rows):  # a partial call says nothing about the size
-                self.partial_calls += 1
-                continue
-            self.partial_calls = 0
             if self.warmup_left > 0:
                 self.warmup_left -= 1
                 continue
@@ -87,9 +83,14 @@ class Verdict:
 
 
 def _fills(rows: int, chunk: int) -> bool:
-    """Whether a call of `rows` rows speaks for a chunk of `chunk` rows. Batches larger than a
+    """Whether a batch of `rows` rows fills a chunk of `chunk` rows. Batches larger than a
     chunk are split into equal parts (sidelight.methods.chunking): at a chunk of 8, a batch of
-    10 runs as 5 + 5, so any call of more than half a chunk is one this size produces."""
+    10 runs as 5 + 5, so any batch of more than half a chunk runs as calls of that size.
+
+    Both sizes of a comparison are judged on the batches that fill the bigger one, never the
+    smaller one on batches of every size: batch sizes follow the load (a queue builds up while
+    the event loop and the audit log hold the GIL), so judging each size on the batches that
+    fill it would judge the bigger size on the more contended moments."""
     return 2 * rows > chunk
 
 
@@ -109,6 +110,7 @@ class ChunkSizer:
     settled: bool = field(init=False, default=False)
     _keeper: int = field(init=False)  # the size the walk holds so far
     _arms: tuple[_Arm, _Arm] = field(init=False)  # (smaller, bigger), while comparing
+    _small_batches: int = field(init=False, default=0)  # in a row, see MAX_SMALL_BATCHES
     _start_rows: int = field(init=False)
     _going_down: bool = field(init=False)
     _floor: int = field(init=False)
@@ -138,10 +140,15 @@ class ChunkSizer:
         if self.settled or chunk not in (self._arms[0].rows, self._arms[1].rows):
             return None
         arm = self._arms[0] if chunk == self._arms[0].rows else self._arms[1]
-        arm.add(calls)
         smaller, bigger = self._arms
-        if bigger.partial_calls >= MAX_PARTIAL_CALLS:  # the batches never fill the bigger size
-            return self._decide(keep_bigger=False)
+        calls = list(calls)
+        if _fills(sum(rows for rows, _ in calls), bigger.rows):
+            self._small_batches = 0
+            arm.add(calls)
+        else:  # a batch too small to fill the bigger size runs alike at both: it judges neither
+            self._small_batches += 1
+            if self._small_batches >= MAX_SMALL_BATCHES:  # and the batches stay that small
+                return self._decide(keep_bigger=False)
         if smaller.judged and bigger.judged:
             return self._decide(keep_bigger=bigger.median <= (1 - GAIN) * smaller.median)
         # The next batch runs the other size, unless that one is already judged.
@@ -151,6 +158,7 @@ class ChunkSizer:
 
     def _compare(self, smaller: int, bigger: int) -> None:
         self._arms = (_Arm(smaller), _Arm(bigger))
+        self._small_batches = 0
         self.current = self._keeper  # the held size runs first
 
     def _decide(self, *, keep_bigger: bool) -> Verdict:
