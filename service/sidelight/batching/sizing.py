@@ -22,12 +22,10 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-# A size is judged on the median time per row of this many batches run at it (each batch's full
-# calls, see `_fills`, summed into one sample), after its first call, which pays for new shapes
-# (allocations, oneDNN or cuDNN plans), is left out. On a shared machine one call's time varies
-# by 10-15%: the median of several batches, not one figure, decides; and one sample per batch,
-# not per call, keeps a batch of many calls from deciding alone.
-WARMUP_CALLS = 1
+# A size is judged on the median time per row of this many batches run at it (each batch's calls
+# summed into one sample). On a shared machine one call's time varies by 10-15%: the median of
+# several batches, not one figure, decides; and one sample per batch, not per call, keeps a
+# batch of many calls from deciding alone.
 SAMPLES_PER_SIZE = 7
 START_ROWS = 8
 # The bigger size must cut the median time per row by at least this fraction to be kept.
@@ -44,23 +42,13 @@ class _Arm:
     """One size of a comparison and what its batches measured."""
 
     rows: int
-    warmup_left: int = WARMUP_CALLS
     per_row: list[float] = field(default_factory=list)
 
-    def add(self, calls: Iterable[tuple[int, float]]) -> None:
-        """One batch's calls at this size make one sample, its first call at this size left
-        out."""
-        rows_sum, seconds_sum = 0, 0.0
-        for rows, seconds in calls:
-            if seconds <= 0:  # a clock that did not move
-                continue
-            if self.warmup_left > 0:
-                self.warmup_left -= 1
-                continue
-            rows_sum += rows
-            seconds_sum += seconds
+    def add(self, calls: list[tuple[int, float]]) -> None:
+        """One batch's (warm) calls at this size make one sample."""
+        rows_sum = sum(rows for rows, _ in calls)
         if rows_sum:
-            self.per_row.append(seconds_sum / rows_sum)
+            self.per_row.append(sum(seconds for _, seconds in calls) / rows_sum)
 
     @property
     def judged(self) -> bool:
@@ -110,6 +98,7 @@ class ChunkSizer:
     settled: bool = field(init=False, default=False)
     _keeper: int = field(init=False)  # the size the walk holds so far
     _arms: tuple[_Arm, _Arm] = field(init=False)  # (smaller, bigger), while comparing
+    _shapes_seen: set[int] = field(init=False, default_factory=set)  # rows of calls timed
     _small_batches: int = field(init=False, default=0)  # in a row, see MAX_SMALL_BATCHES
     _start_rows: int = field(init=False)
     _going_down: bool = field(init=False)
@@ -144,7 +133,7 @@ class ChunkSizer:
         calls = list(calls)
         if _fills(sum(rows for rows, _ in calls), bigger.rows):
             self._small_batches = 0
-            arm.add(calls)
+            arm.add(self._warm(calls))
         else:  # a batch too small to fill the bigger size runs alike at both: it judges neither
             self._small_batches += 1
             if self._small_batches >= MAX_SMALL_BATCHES:  # and the batches stay that small
@@ -155,6 +144,22 @@ class ChunkSizer:
         other = bigger if arm is smaller else smaller
         self.current = arm.rows if other.judged else other.rows
         return None
+
+    def _warm(self, calls: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The calls that measure the size: not the first call at each number of rows, which
+        pays for a new shape (oneDNN primitives or cuDNN plans, allocations). Digits Grad-CAM on
+        a CPU: 10-30 ms for the first call of 9 to 16 rows, 2-3 ms for the next. Batches come in
+        every size, so a size's first calls are mostly new shapes: counted, they made 16 rows a
+        call look slower per row than 8."""
+        warm = []
+        for rows, seconds in calls:
+            if seconds <= 0:  # a clock that did not move
+                continue
+            if rows in self._shapes_seen:
+                warm.append((rows, seconds))
+            else:
+                self._shapes_seen.add(rows)
+        return warm
 
     def _compare(self, smaller: int, bigger: int) -> None:
         self._arms = (_Arm(smaller), _Arm(bigger))
