@@ -22,7 +22,7 @@ from sidelight.batching.sizing import (
 )
 from sidelight.batching.timing import CallTimer
 from sidelight.methods.base import Attribution, Batch
-from sidelight.methods.chunking import run_chunked
+from sidelight.methods.chunking import Measure, run_chunked
 
 Cost = Callable[[int, int], float]
 
@@ -294,6 +294,65 @@ def test_the_executor_starts_each_group_at_its_rows_per_instance() -> None:
     saliency = Group("s", "m", "1", "saliency", print, print)
     assert executor._sizer(ig).current == 32
     assert executor._sizer(saliency).current == START_ROWS
+
+
+def test_the_executor_reports_each_batch_to_its_sizer_and_logs_the_verdict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Real batches through the executor: each model call costs the same whatever its rows (a
+    fixed matrix product), so 16 rows a call are twice as fast per row as 8 and must win."""
+    import asyncio
+    import logging
+
+    from sidelight.batching.executor import DeviceExecutor
+    from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
+    from sidelight.settings import BatchingSettings
+
+    work = torch.ones(192, 192)
+
+    def run(
+        model: object,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        seeds: torch.Tensor,
+        chunk: int,
+        measure: Measure,
+    ) -> Attribution:
+        def attribute(part: Batch) -> Attribution:
+            for _ in range(4):
+                torch.mm(work, work)
+            return Attribution(part.inputs, part.inputs, part.targets, 1)
+
+        return run_chunked(Batch(inputs, targets, seeds), 1, chunk, attribute, measure)
+
+    settings = BatchingSettings()
+    executor = DeviceExecutor(
+        torch.device("cpu"),
+        Scheduler(settings),
+        lambda *args: None,
+        settings,  # type: ignore[arg-type,return-value]
+    )
+    group = Group("fixed", "m", "1", "saliency", run, lambda result, start, stop: None)
+    loop = asyncio.new_event_loop()
+    try:
+        caplog.set_level(logging.INFO, logger="sidelight.batching.executor")
+        for _ in range(2 * BATCHES_PER_SIZE + 2):
+            request = Pending(
+                group,
+                torch.zeros(16, 2),
+                torch.zeros(16, dtype=torch.int64),
+                0,
+                None,
+                loop,
+                loop.create_future(),
+            )
+            executor._run(TakenBatch(group, [request], [0.0]))
+    finally:
+        loop.close()
+    assert executor.chunk_rows("fixed") in (16, 32)  # 16 kept: now 16 against 32
+    verdicts = [r.getMessage() for r in caplog.records if "chunk sizing" in r.getMessage()]
+    assert verdicts and verdicts[0].startswith("chunk sizing m/1 saliency: 8 rows")
+    assert verdicts[0].endswith("keeps 16")
 
 
 def test_the_call_timer_and_run_chunked_time_each_slice() -> None:
