@@ -413,6 +413,20 @@ def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
     assert (sizer.current, sizer.settled) == (32, True)
 
 
+def test_a_spell_of_small_batches_does_not_end_a_comparison() -> None:
+    """Callers arriving or leaving: batches too small to judge for a while, then big again."""
+    sizer = ChunkSizer(16)
+    cost = per_row({8: 1.0, 16: 0.8})
+    for _ in range(10):
+        batch(sizer, cost, rows=16)
+    for _ in range(3 * MIN_BATCHES_PER_SIZE + 5):  # what once counted as "never filled"
+        assert batch(sizer, cost, rows=4) is None
+    verdict = None
+    while verdict is None:
+        verdict = batch(sizer, cost, rows=16)
+    assert verdict.kept == 16
+
+
 def test_a_batch_of_more_than_half_the_bigger_size_is_judged() -> None:
     """Batches of 10 fill a chunk of 16 (one call of 10) and run as 5 + 5 at a chunk of 8."""
     sizer = ChunkSizer(512)
