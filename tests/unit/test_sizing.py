@@ -427,6 +427,21 @@ def test_a_spell_of_small_batches_does_not_end_a_comparison() -> None:
     assert verdict.kept == 16
 
 
+def test_when_small_batches_are_the_rule_the_few_big_ones_decide() -> None:
+    """Digits behind 32 callers: batches of 15 on average, one in ten fills 32 rows a call."""
+    sizer = ChunkSizer(32)
+    cost = per_row({8: 1e-4, 16: 8e-5, 32: 6e-5})  # short batches: 30 make a figure
+    while sizer.comparing == (8, 16):
+        batch(sizer, cost, rows=16)
+    verdict = None
+    index = 0
+    while verdict is None:
+        verdict = batch(sizer, cost, rows=24 if index % 10 < 2 else 12)
+        index += 1
+    assert index < 2 * BATCHES_PER_SIZE * 5  # ended by the small batches, not by 30 big ones
+    assert verdict.kept == 32 and verdict.bigger_per_row == pytest.approx(6e-5)
+
+
 def test_a_batch_of_more_than_half_the_bigger_size_is_judged() -> None:
     """Batches of 10 fill a chunk of 16 (one call of 10) and run as 5 + 5 at a chunk of 8."""
     sizer = ChunkSizer(512)
