@@ -66,6 +66,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -641,8 +642,35 @@ class AuditStore:
                 # lock "create what is missing" is atomic. (SQLite: BEGIN IMMEDIATE did that.)
                 connection.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
             metadata.create_all(connection)
+            if connection.dialect.name == "postgresql":
+                _store_maps_uncompressed(connection)
             if connection.execute(select(head_table.c.id)).first() is None:
                 connection.execute(insert(head_table).values(id=1, seq=0, hash=GENESIS))
+
+
+# Columns of large incompressible bytes: float32 maps, ciphertext.
+_UNCOMPRESSED_COLUMNS = ("attributions", "encrypted_input")
+
+
+def _store_maps_uncompressed(connection: Connection) -> None:
+    """PostgreSQL compresses large values (pglz) in its backend before storing them out of line.
+    On float maps that saves 14% of the space and costs the CPU the model needs: 16 ResNet-18
+    Grad-CAM maps (200 KB each) took 60 ms to insert compressed against 10 ms stored as they
+    are (STORAGE EXTERNAL: out of line, uncompressed). Altered only where not yet so, since
+    ALTER TABLE locks the table against replicas already writing."""
+    table = records_table.name
+    for column in _UNCOMPRESSED_COLUMNS:
+        storage = connection.execute(
+            text(
+                "SELECT attstorage FROM pg_attribute "
+                "WHERE attrelid = CAST(:table AS regclass) AND attname = :column"
+            ),
+            {"table": table, "column": column},
+        ).scalar_one()
+        if storage != "e":
+            connection.execute(
+                text(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" SET STORAGE EXTERNAL')
+            )
 
 
 def _make_engine(url: URL) -> Engine:
