@@ -326,28 +326,30 @@ def test_postgresql_stores_maps_and_ciphertext_uncompressed(postgres_admin_url: 
     store created before this rule (reopening alters it). SQLite never compresses."""
     store_url = create_database(postgres_admin_url)
     store = AuditStore.open(store_url)
+    try:
 
-    def storage() -> dict[str, str]:
-        with store.engine.connect() as connection:
-            rows = connection.execute(
-                sql_text(
-                    "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
-                    "CAST('audit_records' AS regclass) AND attname IN "
-                    "('attributions', 'encrypted_input', 'content')"
+        def storage() -> dict[str, str]:
+            with store.engine.connect() as connection:
+                rows = connection.execute(
+                    sql_text(
+                        "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = "
+                        "CAST('audit_records' AS regclass) AND attname IN "
+                        "('attributions', 'encrypted_input', 'content')"
+                    )
                 )
-            )
-            return {name: kind for name, kind in rows}
+                return {name: kind for name, kind in rows}
 
-    assert storage() == {"attributions": "e", "encrypted_input": "e", "content": "x"}
-    with store.engine.begin() as connection:  # as an earlier version created it
-        connection.execute(
-            sql_text("ALTER TABLE audit_records ALTER COLUMN attributions SET STORAGE EXTENDED")
-        )
-    assert storage()["attributions"] == "x"
-    AuditStore.open(store_url).close()
-    assert storage()["attributions"] == "e"
-    store.close()
-    drop_database(postgres_admin_url, store_url)
+        assert storage() == {"attributions": "e", "encrypted_input": "e", "content": "x"}
+        with store.engine.begin() as connection:  # as an earlier version created it
+            connection.execute(
+                sql_text("ALTER TABLE audit_records ALTER COLUMN attributions SET STORAGE EXTENDED")
+            )
+        assert storage()["attributions"] == "x"
+        AuditStore.open(store_url).close()
+        assert storage()["attributions"] == "e"
+    finally:
+        store.close()
+        drop_database(postgres_admin_url, store_url)
 
 
 def test_sqlite_commits_durably(tmp_path: Path) -> None:
