@@ -7,10 +7,14 @@ Here the "device" is a cost model, so every expected size can be worked out by h
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 
 import pytest
 import torch
+from sidelight.batching.executor import DeviceExecutor
+from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
 from sidelight.batching.sizing import (
     BATCHES_PER_SIZE,
     MAX_SMALL_BATCHES,
@@ -23,6 +27,7 @@ from sidelight.batching.sizing import (
 from sidelight.batching.timing import CallTimer
 from sidelight.methods.base import Attribution, Batch
 from sidelight.methods.chunking import Measure, run_chunked
+from sidelight.settings import BatchingSettings
 
 Cost = Callable[[int, int], float]
 
@@ -278,18 +283,19 @@ def test_a_group_with_many_rows_per_instance_starts_at_one_instance() -> None:
     assert ChunkSizer(512, start=32, adaptive=False).current == 512
 
 
-def test_the_executor_starts_each_group_at_its_rows_per_instance() -> None:
-    from sidelight.batching.executor import DeviceExecutor
-    from sidelight.batching.scheduler import Group, Scheduler
-    from sidelight.settings import BatchingSettings
-
+def cpu_executor() -> DeviceExecutor:
+    """An executor whose batches bring their own work (no model is loaded)."""
     settings = BatchingSettings()
-    executor = DeviceExecutor(
+    return DeviceExecutor(
         torch.device("cpu"),
         Scheduler(settings),
         lambda *args: None,
         settings,  # type: ignore[arg-type,return-value]
     )
+
+
+def test_the_executor_starts_each_group_at_its_rows_per_instance() -> None:
+    executor = cpu_executor()
     ig = Group("ig", "m", "1", "integrated_gradients", print, print, rows_per_instance=32)
     saliency = Group("s", "m", "1", "saliency", print, print)
     assert executor._sizer(ig).current == 32
@@ -301,13 +307,6 @@ def test_the_executor_reports_each_batch_to_its_sizer_and_logs_the_verdict(
 ) -> None:
     """Real batches through the executor: each model call costs the same whatever its rows (a
     fixed matrix product), so 16 rows a call are twice as fast per row as 8 and must win."""
-    import asyncio
-    import logging
-
-    from sidelight.batching.executor import DeviceExecutor
-    from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
-    from sidelight.settings import BatchingSettings
-
     work = torch.ones(192, 192)
 
     def run(
@@ -325,13 +324,7 @@ def test_the_executor_reports_each_batch_to_its_sizer_and_logs_the_verdict(
 
         return run_chunked(Batch(inputs, targets, seeds), 1, chunk, attribute, measure)
 
-    settings = BatchingSettings()
-    executor = DeviceExecutor(
-        torch.device("cpu"),
-        Scheduler(settings),
-        lambda *args: None,
-        settings,  # type: ignore[arg-type,return-value]
-    )
+    executor = cpu_executor()
     group = Group("fixed", "m", "1", "saliency", run, lambda result, start, stop: None)
     loop = asyncio.new_event_loop()
     try:
