@@ -95,10 +95,10 @@ def _fills(rows: int, chunk: int) -> bool:
     chunk are split into equal parts (sidelight.methods.chunking): at a chunk of 8, a batch of
     10 runs as 5 + 5, so any batch of more than half a chunk runs as calls of that size.
 
-    Both sizes of a comparison are judged on the batches that fill the bigger one, never the
-    smaller one on batches of every size: batch sizes follow the load (a queue builds up while
-    the event loop and the audit log hold the GIL), so judging each size on the batches that
-    fill it would judge the bigger size on the more contended moments."""
+    Both sizes of a comparison are judged only on batches that fill the bigger one. Batch sizes
+    follow the load (a queue builds up while the event loop and the audit log hold the GIL), so
+    judging each size on the batches that fill it would judge the bigger size on the more
+    contended moments."""
     return 2 * rows > chunk
 
 
@@ -198,20 +198,20 @@ class ChunkSizer:
             bigger.rows if keep_bigger else smaller.rows,
         )
         self._keeper = verdict.kept
-        if self._going_down and not keep_bigger:  # halving cost little: go on down
+        if self._going_down and not keep_bigger:  # the half is faster: go on down
             if self._keeper // 2 >= self._floor:
                 self._compare(self._keeper // 2, self._keeper)
             else:
                 self._settle()
         elif self._going_down and bigger.rows == self._start_rows:
-            self._going_down = False  # halving the start cost too much: climb from it
+            self._going_down = False  # the start beat its half: climb from it
             self._climb()
         elif self._going_down:
             self._settle()  # the bigger already beat the size above it on the way down
         elif keep_bigger:
             self._climb()
         else:
-            self._settle()  # doubling did not pay: stay
+            self._settle()  # the double is slower: stay
         return verdict
 
     def _climb(self) -> None:
