@@ -197,6 +197,23 @@ def test_empty_measurements_and_batches_too_small_for_the_bigger_size_are_ignore
     assert (sizer.settled, sizer.comparing) == (False, (8, 16))
 
 
+def test_a_shape_seen_in_a_batch_too_small_to_judge_is_warm_afterwards() -> None:
+    """A small batch's call of 6 rows has paid for that shape: the first judged batch that runs
+    6-row calls counts both of them."""
+    sizer = ChunkSizer(16)
+    sizer.record_batch(16, [(6, 6 * 50.0)])  # 6 rows run alike at 8 and 16: judges neither
+    sizer.record_batch(8, [(6, 6 * 3.0), (6, 6 * 1.0)])  # batches of 12 from here on
+    sizer.record_batch(16, [(12, 12 * 50.0)])  # the first call of 12 rows: left out
+    verdict = None
+    while verdict is None:
+        verdict = sizer.record_batch(16, [(12, 12 * 0.5)]) or sizer.record_batch(
+            8, [(6, 6 * 1.0), (6, 6 * 1.0)]
+        )
+    assert verdict.bigger_per_row == 0.5
+    # 8 rows: 12 rows at 2.0 and 6 x 12 rows at 1.0, against 1.0 had the first call been left out
+    assert verdict.smaller_per_row == pytest.approx(96 / 84)
+
+
 def test_both_sizes_are_judged_on_the_same_batches() -> None:
     """Batches grow when the server is contended (the queue builds up while the event loop
     holds the GIL), and then every call is slower. Were each size judged on the batches that
@@ -431,7 +448,9 @@ def test_when_small_batches_are_the_rule_the_few_big_ones_decide() -> None:
     while verdict is None:
         verdict = batch(sizer, cost, rows=24 if index % 10 < 2 else 12)
         index += 1
-    assert index < 2 * BATCHES_PER_SIZE * 5  # ended by the small batches, not by 30 big ones
+    # Ended by the 90 small batches (about the 113th batch), not by 30 big ones at each size
+    # (the 300th).
+    assert index < 150
     assert verdict.kept == 32 and verdict.bigger_per_row == pytest.approx(6e-5)
 
 

@@ -4,8 +4,8 @@ On a GPU, bigger calls are nearly always faster per row, up to memory; on a CPU,
 gains little past a few rows while a tiny one gains all the way. Rather than guess, each
 (model, method, params, shape) group compares sizes two at a time and keeps the faster per
 row: from a large start it first halves while the half is faster, then doubles while the double
-is faster, and settles. It never tries a size larger than the bound, so memory
-stays bounded; it starts small, so a large model never pays for a huge call that would not help.
+is faster, and settles. It never tries a size larger than the bound, so memory stays bounded;
+it starts small, so a large model never pays for a huge call that would not help.
 
 Three things keep the comparison fair in a loaded server, where audited digits servers once
 judged 16-row Grad-CAM calls slower per row than 8-row calls in three runs of three (905 against
@@ -151,8 +151,9 @@ class ChunkSizer:
         arm = self._arms[0] if chunk == self._arms[0].rows else self._arms[1]
         smaller, bigger = self._arms
         calls = list(calls)
+        warm = self._warm(calls)  # every batch's calls warm their shapes, judged or not
         if _fills(sum(rows for rows, _ in calls), bigger.rows):
-            arm.add(self._warm(calls))
+            arm.add(warm)
         else:  # a batch too small to fill the bigger size runs alike at both: it judges neither
             self._small_batches += 1
             if self._small_batches >= MAX_SMALL_BATCHES:  # and such batches are the rule
