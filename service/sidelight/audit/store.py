@@ -41,7 +41,9 @@ import contextlib
 import functools
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -719,10 +721,32 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # the first statement, instead of a deadlock-prone upgrade at the first write).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    _enter_wal_mode(cursor)  # readers never block the writer
     cursor.execute("PRAGMA synchronous=FULL")  # in WAL mode, FULL syncs every commit
     cursor.execute("PRAGMA secure_delete=ON")  # an erased subject's key is overwritten on disk
     cursor.close()
+
+
+def _enter_wal_mode(cursor: Any) -> None:
+    """Switch a new database file to WAL mode; once set, the mode stays in the file.
+
+    The switch takes an exclusive lock from a reader's shared one. When stores open a new file
+    together, one may hold the write lock (creating the schema) while another asks to switch:
+    SQLite sees a lock upgrade that could deadlock and answers "database is locked" at once,
+    without its busy handler. So the switch is retried here, within the same busy timeout."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # the holder commits within milliseconds; back off up to 50 ms
+        pause = min(pause * 2, 0.05)
 
 
 def _sqlite_begin(connection: Connection) -> None:
