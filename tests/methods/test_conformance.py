@@ -132,6 +132,56 @@ def test_chunks_equal_one_call(registry: ModelRegistry, model_name: str, method:
     assert_close(small.outputs, whole.outputs, 1e-6)
 
 
+FORWARD_FIRST = [(model, method) for model, method in PAIRS if METHODS[method].forward_first]
+
+
+def test_the_methods_that_run_a_forward_pass_of_their_own_say_so() -> None:
+    assert {"integrated_gradients", "deeplift", "smoothgrad", "vargrad"} <= {
+        name for name, method in METHODS.items() if method.forward_first
+    }
+
+
+@pytest.mark.parametrize(("model_name", "method"), FORWARD_FIRST)
+def test_chunked_batch_runs_its_outputs_pass_once_not_per_chunk(
+    registry: ModelRegistry, model_name: str, method: str
+) -> None:
+    """Six instances, two rows per call: each chunk holds one instance. The outputs at the
+    inputs come from one pass over the batch in calls of two rows, not from a one-row pass per
+    chunk, and f(baseline) from the model's cache: no call of one row is left."""
+    model = served(registry, model_name, method)
+    x = real_inputs(model, 6)
+    targets, seeds = [-1, 0, 1, -1, 0, 1], [5, 5, 6, 7, 8, 9]
+    counting = RowCounter(model.module)
+    counted = replace(model, module=counting)
+    counted.baseline_outputs()
+    counting.rows.clear()
+    # Noisy copies: an even number, so that they too fill calls of two rows.
+    params = {**fast_params(method), **({"samples": 4} if "samples" in fast_params(method) else {})}
+    chunked = serve(counted, method, x, targets, seeds, 2, **params)
+    assert 1 not in counting.rows, counting.rows
+    assert counting.rows[:3] == [2, 2, 2]  # the outputs pass comes first
+    whole = serve(model, method, x, targets, seeds, max_rows=BIG, **params)
+    assert (chunked.targets == whole.targets).all()
+    assert_close(chunked.outputs, whole.outputs, 1e-6)
+    assert_close(chunked.attributions, whole.attributions, 1e-5)
+    if whole.completeness_error is not None:
+        assert_close(chunked.completeness_error, whole.completeness_error, 1e-5, atol=1e-4)
+
+
+def test_baseline_outputs_are_the_modules_and_computed_once(registry: ModelRegistry) -> None:
+    model = registry.get("digits").primary
+    counting = RowCounter(model.module)
+    counted = replace(model, module=counting)
+    first = counted.baseline_outputs()
+    again = counted.baseline_outputs()
+    assert counting.rows == [1]
+    assert again is first
+    with torch.no_grad():
+        expected = model.module(model.baseline().tensor)  # the module itself, not the cache
+    assert torch.equal(first, expected)
+    assert counted.baseline_outputs(model.config.default_baseline) is first
+
+
 @pairs
 def test_same_seed_same_result(registry: ModelRegistry, model_name: str, method: str) -> None:
     model = served(registry, model_name, method)

@@ -49,17 +49,13 @@ def run_chunked(
     # since on a CPU a lone instance costs nearly what four do (ResNet-18 saliency: 19 inst/s
     # one at a time, 35 at batches of 8).
     parts = []
-    for start, stop in _equal_parts(len(batch), step):
-        part = Batch(
-            inputs=batch.inputs[start:stop],
-            targets=batch.targets[start:stop],
-            seeds=batch.seeds[start:stop],
-        )
+    for start, stop in equal_parts(len(batch), step):
+        part = batch.slice(start, stop)
         parts.append(measure(len(part) * rows_per_instance, functools.partial(attribute, part)))
     return concatenate(parts)
 
 
-def _equal_parts(total: int, most: int) -> list[tuple[int, int]]:
+def equal_parts(total: int, most: int) -> list[tuple[int, int]]:
     """[start, stop) of the fewest parts of at most `most` items, their sizes differing by <= 1."""
     count = -(-total // most)
     small, larger = divmod(total, count)

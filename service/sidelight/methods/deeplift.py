@@ -29,6 +29,7 @@ class DeepLift(Method[DeepLiftParams]):
     params_type = DeepLiftParams
     needs = frozenset({Capability.GRADIENTS, Capability.MODULE_RULES})
     summary = "Contributions relative to a baseline, by the rescale rule at each nonlinearity."
+    forward_first = True
 
     def rows_per_instance(self, params: DeepLiftParams) -> int:
         return 2  # Captum runs inputs and baselines in one call
@@ -37,9 +38,8 @@ class DeepLift(Method[DeepLiftParams]):
         self, model: Model, batch: Batch, params: DeepLiftParams, max_rows: int
     ) -> Attribution:
         baseline = model.baseline(params.baseline).tensor
-        outputs, targets = resolve_targets(model, batch.inputs, batch.targets)
-        with torch.no_grad():
-            reference = model.module(baseline)
+        outputs, targets = resolve_targets(model, batch)
+        reference = model.baseline_outputs(params.baseline)
         score = TargetScore(model.module, targets, resolve=False)
         with torch.enable_grad():
             attributions = (

@@ -93,6 +93,7 @@ class IntegratedGradients(Method[IntegratedGradientsParams]):
     name = "integrated_gradients"
     params_type = IntegratedGradientsParams
     summary = "Gradients integrated along the straight path from a baseline to the input."
+    forward_first = True
 
     def rows_per_instance(self, params: IntegratedGradientsParams) -> int:
         return params.n_steps
@@ -101,9 +102,8 @@ class IntegratedGradients(Method[IntegratedGradientsParams]):
         self, model: Model, batch: Batch, params: IntegratedGradientsParams, max_rows: int
     ) -> Attribution:
         baseline = model.baseline(params.baseline).tensor
-        outputs, targets = resolve_targets(model, batch.inputs, batch.targets)
-        with torch.no_grad():
-            reference = model.module(baseline)
+        outputs, targets = resolve_targets(model, batch)
+        reference = model.baseline_outputs(params.baseline)
         attributions = integrated_gradients(
             model.module,
             batch.inputs,

@@ -57,6 +57,7 @@ def draw_noise(seeds: torch.Tensor, samples: int, like: torch.Tensor) -> torch.T
 class _NoiseTunnel(Method[NoiseParams]):
     params_type = NoiseParams
     needs = frozenset({Capability.GRADIENTS})
+    forward_first = True
     reduce: str
 
     def __init__(self, bases: dict[str, Method[Params]]) -> None:
@@ -81,7 +82,7 @@ class _NoiseTunnel(Method[NoiseParams]):
         self.check_params(model, params)
         base = self.bases[params.base]
         base_params = base.params_type()
-        outputs, targets = resolve_targets(model, batch.inputs, batch.targets)
+        outputs, targets = resolve_targets(model, batch)
         n, s = len(batch), params.samples
         x = batch.inputs
         spread = (x.reshape(n, -1).amax(1) - x.reshape(n, -1).amin(1)).clamp_min(1e-12)

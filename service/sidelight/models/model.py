@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import torch
@@ -61,6 +61,10 @@ class Model:
     file_digest: str  # sha256 of the model file
     capabilities: frozenset[Capability]
     background: Background | None = None
+    # f(baseline) per baseline name, computed at first use: the same for every request.
+    _baseline_outputs: dict[str, torch.Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -68,6 +72,19 @@ class Model:
 
     def baseline(self, name: str | None = None) -> Baseline:
         return self.baselines[name or self.config.default_baseline]
+
+    def baseline_outputs(self, name: str | None = None) -> torch.Tensor:
+        """The module's outputs at a baseline (1 x classes), computed once: methods that
+        report completeness need f(baseline) in every batch, and at one row that forward
+        pass is the least efficient call a batch makes. The module's parameters are frozen,
+        so the value cannot change; a private copy computes its own."""
+        baseline = self.baseline(name)
+        found = self._baseline_outputs.get(baseline.name)
+        if found is None:
+            with torch.no_grad():
+                found = self.module(baseline.tensor)
+            self._baseline_outputs[baseline.name] = found
+        return found
 
     def private_copy(self) -> Model:
         """This model with a module of its own: same weights, copied. Attribution methods hook
