@@ -19,6 +19,7 @@ from sidelight.batching.sizing import (
     BATCHES_PER_SIZE,
     MAX_SMALL_BATCHES,
     MIN_BATCHES_PER_SIZE,
+    SECONDS_ALONE,
     SECONDS_PER_SIZE,
     START_ROWS,
     ChunkSizer,
@@ -149,6 +150,26 @@ def test_a_size_is_judged_on_many_short_batches_or_a_second_of_calls() -> None:
     batches = 0
     while sizer.comparing == (8, 16):
         batch(sizer, call_cost(overhead=SECONDS_PER_SIZE / 4, per_row=0.0))  # 3+ calls a batch
+        batches += 1
+    assert batches == 2 * MIN_BATCHES_PER_SIZE
+
+
+def test_a_size_whose_calls_add_up_to_seconds_alone_is_judged_on_one_batch() -> None:
+    """ResNet-18 IG behind 32 callers: batches of ~25 s. One batch a size decides, and the
+    slower size (32 rows a call, 15% slower per row) is dropped after one batch, not seven."""
+    cost = {16: 0.05, 32: 0.0575}  # seconds per row: a batch of 14 x 32 rows ~ 22-26 s
+    sizer = ChunkSizer(512, start=32)
+    assert sizer.comparing == (16, 32)
+    first = batch(sizer, per_row(cost), rows=14 * 32)
+    assert first is None  # the held size (32) ran: 25.8 s, judged; now the half runs
+    verdict = batch(sizer, per_row(cost), rows=14 * 32)
+    assert verdict is not None and (verdict.smaller, verdict.bigger, verdict.kept) == (16, 32, 16)
+    assert sizer.comparing == (8, 16)
+    # Shorter batches, adding up to as long, still need the many batches of the noisy case.
+    sizer = ChunkSizer(512)
+    batches = 0
+    while sizer.comparing == (8, 16) and batches < 100:
+        batch(sizer, call_cost(overhead=SECONDS_ALONE / 20, per_row=0.0))  # 2-4 s batches
         batches += 1
     assert batches == 2 * MIN_BATCHES_PER_SIZE
 
@@ -426,7 +447,7 @@ def test_a_size_the_batches_never_fill_is_given_up_for_the_one_below() -> None:
 def test_a_spell_of_small_batches_does_not_end_a_comparison() -> None:
     """Callers arriving or leaving: batches too small to judge for a while, then big again."""
     sizer = ChunkSizer(16)
-    cost = per_row({8: 1.0, 16: 0.8})
+    cost = per_row({8: 1e-3, 16: 8e-4})  # short batches: 30 a size make a figure
     for _ in range(10):
         batch(sizer, cost, rows=16)
     for _ in range(3 * MIN_BATCHES_PER_SIZE + 5):  # what once counted as "never filled"
