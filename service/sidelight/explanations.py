@@ -149,8 +149,8 @@ def run_explain(
 
 def forward_in_chunks(model: Model, inputs: torch.Tensor, max_rows: int) -> torch.Tensor:
     """The model's outputs at `inputs`, in equal calls of at most `max_rows` rows. Not timed
-    for the chunk sizer: a forward pass alone costs a row less than the attribution passes it
-    compares."""
+    for the chunk sizer: a forward pass alone is cheaper per row than the attribution calls the
+    sizer compares, and would blur them."""
     with torch.no_grad():
         return torch.cat(
             [model.module(inputs[start:stop]) for start, stop in equal_parts(len(inputs), max_rows)]
