@@ -111,13 +111,7 @@ def run_predict(
     max_rows: int,
     measure: Measure = unmeasured,
 ) -> BatchResult:
-    with torch.no_grad():
-        outputs = torch.cat(
-            [
-                measure(len(part), functools.partial(model.module, part))
-                for part in torch.split(inputs, max_rows)
-            ]
-        )
+    outputs = forward_in_chunks(model, inputs, max_rows, measure)
     return BatchResult(
         _cpu(model.probabilities(outputs).float()), _cpu(outputs.argmax(1)), None, None, None, 1
     )
@@ -136,6 +130,8 @@ def run_explain(
     batch = Batch(inputs=inputs, targets=targets, seeds=seeds)
     rows_per_instance = method.rows_per_instance(params)
     if method.forward_first and len(batch) > instances_per_chunk(rows_per_instance, max_rows):
+        # Not timed for the chunk sizer: a forward pass alone is cheaper per row than the
+        # attribution calls it compares, and would blur them.
         batch = Batch(inputs, targets, seeds, outputs=forward_in_chunks(model, inputs, max_rows))
     result = run_chunked(
         batch,
@@ -147,13 +143,17 @@ def run_explain(
     return summarize(method, model, result)
 
 
-def forward_in_chunks(model: Model, inputs: torch.Tensor, max_rows: int) -> torch.Tensor:
-    """The model's outputs at `inputs`, in equal calls of at most `max_rows` rows. Not timed
-    for the chunk sizer: a forward pass alone is cheaper per row than the attribution calls the
-    sizer compares, and would blur them."""
+def forward_in_chunks(
+    model: Model, inputs: torch.Tensor, max_rows: int, measure: Measure = unmeasured
+) -> torch.Tensor:
+    """The model's outputs at `inputs`, in equal calls of at most `max_rows` rows (the split
+    the chunk sizer assumes: see sizing._fills), each seen by `measure`."""
     with torch.no_grad():
         return torch.cat(
-            [model.module(inputs[start:stop]) for start, stop in equal_parts(len(inputs), max_rows)]
+            [
+                measure(stop - start, functools.partial(model.module, inputs[start:stop]))
+                for start, stop in equal_parts(len(inputs), max_rows)
+            ]
         )
 
 

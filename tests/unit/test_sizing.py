@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from sidelight.batching.sizing import (
     Verdict,
 )
 from sidelight.batching.timing import CallTimer
+from sidelight.explanations import run_predict
 from sidelight.methods.base import Attribution, Batch
 from sidelight.methods.chunking import Measure, run_chunked
 from sidelight.settings import BatchingSettings
@@ -154,14 +156,14 @@ def test_a_size_is_judged_on_many_short_batches_or_a_second_of_calls() -> None:
     assert batches == 2 * MIN_BATCHES_PER_SIZE
 
 
-def test_a_size_whose_calls_add_up_to_seconds_alone_is_judged_on_one_batch() -> None:
+def test_a_size_whose_batches_last_seconds_alone_is_judged_on_one_batch() -> None:
     """ResNet-18 IG behind 32 callers: batches of ~25 s. One batch a size decides, and the
     slower size (32 rows a call, 15% slower per row) is dropped after one batch, not seven."""
     cost = {16: 0.05, 32: 0.0575}  # seconds per row: a batch of 14 x 32 rows ~ 22-26 s
     sizer = ChunkSizer(512, start=32)
     assert sizer.comparing == (16, 32)
     first = batch(sizer, per_row(cost), rows=14 * 32)
-    assert first is None  # the held size (32) ran: 25.8 s, judged; now the half runs
+    assert first is None  # the held size (32) ran: ~24 s of warm calls, judged; now the half
     verdict = batch(sizer, per_row(cost), rows=14 * 32)
     assert verdict is not None and (verdict.smaller, verdict.bigger, verdict.kept) == (16, 32, 16)
     assert sizer.comparing == (8, 16)
@@ -506,3 +508,32 @@ def test_a_batch_larger_than_a_chunk_is_split_into_equal_parts(
     assert sizes == expected
     assert torch.equal(result.attributions, batch.inputs * 2)  # in order
     assert torch.equal(result.targets, batch.targets)
+
+
+def test_predict_batches_are_split_into_equal_parts_too() -> None:
+    """The sizer judges sizes as if every batch ran in equal parts (`_fills`): Predict's calls
+    must be split that way as well, 10 rows at 8 a call as 5 + 5, not 8 + 2."""
+    weight = torch.randn(3, 4)
+    model = SimpleNamespace(
+        module=lambda x: x @ weight.T,
+        probabilities=lambda outputs: torch.softmax(outputs, dim=1),
+    )
+    inputs = torch.randn(10, 4)
+    calls: list[int] = []
+
+    def measure(rows: int, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        calls.append(rows)
+        return call()
+
+    result = run_predict(
+        model,  # type: ignore[arg-type]
+        inputs,
+        torch.full((10,), -1),
+        torch.zeros(10, dtype=torch.int64),
+        8,
+        measure,
+    )
+    assert calls == [5, 5]
+    expected = torch.softmax(inputs @ weight.T, dim=1)  # one call, computed here
+    assert torch.allclose(torch.from_numpy(result.outputs), expected, atol=1e-6)
+    assert result.targets.tolist() == expected.argmax(1).tolist()
