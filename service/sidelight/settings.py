@@ -167,4 +167,7 @@ class ServerSettings:
     # against random rankings) on a background thread, only while the device is idle; 0 turns
     # the sampler off. Its cost under load: bench/sampling_overhead.py, docs/benchmarks.md.
     faithfulness_sample: float = 0.01
+    # Seed of the sampler's draws (which calls are scored, the random rankings they are compared
+    # with); None draws a fresh one each start. Fixed, a run's scores can be reproduced.
+    faithfulness_seed: int | None = None
     audit: AuditSettings = field(default_factory=AuditSettings)

@@ -18,7 +18,11 @@ from sklearn.datasets import load_digits
 
 @pytest.fixture(scope="module")
 def sampling_server(model_repository: Path) -> Iterator[ServerThread]:
-    settings = replace(server_settings(model_repository), faithfulness_sample=1.0)
+    # Seeded: each instance's gain is measured against one random ranking, and an unlucky draw
+    # once made IG's deletion gain non-positive on 2 of 6 digits where it is on 0-1.
+    settings = replace(
+        server_settings(model_repository), faithfulness_sample=1.0, faithfulness_seed=0
+    )
     running = ServerThread(settings)
     yield running
     running.stop()

@@ -133,6 +133,7 @@ class Service:
             FaithfulnessSampler(
                 metrics,
                 settings.faithfulness_sample,
+                seed=settings.faithfulness_seed,
                 idle_for=scheduler.idle_for,
                 on_scored=audit.quality if audit is not None else lambda scores: None,
             )
