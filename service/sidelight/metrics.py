@@ -87,6 +87,13 @@ class Metrics:
             ["model", "task", "device"],
             registry=registry,
         )
+        self.batches_abandoned = Counter(
+            "sidelight_batches_abandoned_total",
+            "Batches stopped before a model call because every caller had cancelled or passed "
+            "its deadline.",
+            ["model", "task", "device"],
+            registry=registry,
+        )
         self.chunk_rows = Gauge(
             "sidelight_chunk_rows",
             "Rows per model call chosen by the executor for the last batch of a task.",

@@ -2,7 +2,9 @@
 
 The batch crosses to the device once (one concatenation, one transfer), runs in chunks sized by
 what this executor measured (sidelight.batching.sizing), and comes back once; each request then
-receives its slice. An exception in a batch fails that batch's requests, never the thread.
+receives its slice. An exception in a batch fails that batch's requests, never the thread. A
+batch whose callers have all gone (cancelled, or past their deadlines) stops before its next
+model call.
 """
 
 from __future__ import annotations
@@ -13,18 +15,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
-from sidelight.batching.scheduler import Group, Scheduler, TakenBatch
+from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
 from sidelight.batching.sizing import START_ROWS, ChunkSizer
 from sidelight.batching.timing import CallTimer
+from sidelight.errors import DeadlineExceeded
+from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
 log = logging.getLogger(__name__)
 
 MAX_SIZERS = 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,11 @@ class BatchReport:
     chunk_rows: int
     queue_waits: list[float]
     failed: bool
+    abandoned: bool = False  # stopped early: every caller had cancelled or passed its deadline
+
+
+class _Abandoned(Exception):
+    """Raised inside a batch, before a model call, when nobody waits for its result."""
 
 
 class DeviceExecutor:
@@ -93,14 +104,27 @@ class DeviceExecutor:
         sizer = self._sizer(group)
         chunk = sizer.current
         started = time.perf_counter()
-        failed = False
+        failed = abandoned = False
         timer = CallTimer(self.device)
         try:
             model = self._replica(group.model, group.version, self.device)
             inputs = _cat([r.inputs for r in requests]).to(self.device, non_blocking=True)
             targets = _cat([r.targets for r in requests]).to(self.device, non_blocking=True)
             seeds = torch.cat([torch.full((r.size,), r.seed, dtype=torch.int64) for r in requests])
-            result = group.run(model, inputs, targets, seeds, chunk, timer.measure)
+            result = group.run(
+                model, inputs, targets, seeds, chunk, _while_wanted(requests, timer.measure)
+            )
+        except _Abandoned:
+            log.info(
+                "batch of %s/%s abandoned after %d model call(s): its %d caller(s) left",
+                group.model,
+                group.task,
+                len(timer.timings()),
+                len(requests),
+            )
+            abandoned = True
+            for request in requests:  # nobody reads these; the futures are settled all the same
+                request.resolve(error=DeadlineExceeded("every caller of the batch had left"))
         except Exception as exc:  # the batch fails, the executor goes on
             log.exception("batch of %s/%s failed", group.model, group.task)
             failed = True
@@ -112,7 +136,7 @@ class DeviceExecutor:
                 request.resolve(group.split(result, start, start + request.size))
                 start += request.size
         seconds = time.perf_counter() - started
-        if not failed:  # the batch is back on the host: its calls' times can be read
+        if not (failed or abandoned):  # back on the host: its calls' times can be read
             verdict = sizer.record_batch(chunk, timer.timings())
             if verdict is not None:
                 log.info(
@@ -129,9 +153,29 @@ class DeviceExecutor:
                 )
         self._on_batch(
             BatchReport(
-                group, str(self.device), batch.instances, seconds, chunk, batch.waited, failed
+                group,
+                str(self.device),
+                batch.instances,
+                seconds,
+                chunk,
+                batch.waited,
+                failed,
+                abandoned,
             )
         )
+
+
+def _while_wanted(requests: list[Pending], measure: Measure) -> Measure:
+    """`measure`, which first checks that someone still waits for the batch. A host-side check
+    of flags and the clock: no device synchronization inside the batch."""
+
+    def checked(rows: int, call: Callable[[], T]) -> T:
+        now = time.monotonic()
+        if all(request.unwanted(now) for request in requests):
+            raise _Abandoned
+        return measure(rows, call)
+
+    return checked
 
 
 def _micros(seconds: float | None) -> str:

@@ -7,7 +7,10 @@ gather its requests up to `max_batch_size` instances (a request is never split),
 
 - admission is bounded: past `max_queue_instances` waiting, `submit` raises Overloaded;
 - a request whose deadline has passed is failed at take time, before it costs device time;
-- a cancelled request leaves the queue at once and frees its slot.
+- a cancelled request leaves the queue at once and frees its slot;
+- a batch already running stops before its next model call once every one of its callers has
+  cancelled or passed its deadline (`Pending.unwanted`, checked by the executor): a client that
+  gives up on a minute-long Integrated Gradients batch does not keep the device for that minute.
 
 Requests come from the asyncio loop of the gRPC server; executors are threads. Results go back
 to the loop with `call_soon_threadsafe`.
@@ -60,11 +63,18 @@ class Pending:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.monotonic)
-    done: bool = False
+    done: bool = False  # taken or withdrawn: no longer in a queue
+    left: bool = False  # the caller stopped waiting (set on the event loop's thread)
 
     @property
     def size(self) -> int:
         return int(self.inputs.shape[0])
+
+    def unwanted(self, now: float) -> bool:
+        """Nobody will read the answer: the caller cancelled, or its deadline (`now` on
+        time.monotonic's clock) has passed. Read from the executor's thread; a stale read
+        only costs one more model call."""
+        return self.left or (self.deadline is not None and self.deadline <= now)
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         """Hand the outcome to the waiting coroutine (from any thread)."""
@@ -154,6 +164,7 @@ class Scheduler:
         try:
             return await pending.future
         except asyncio.CancelledError:
+            pending.left = True
             self._withdraw(pending, "cancelled")
             raise
         finally:

@@ -328,6 +328,8 @@ def _batch_observer(metrics: Metrics) -> Any:
         metrics.chunk_rows.labels(*labels).set(report.chunk_rows)
         if report.failed:
             metrics.batch_failures.labels(*labels).inc()
+        if report.abandoned:
+            metrics.batches_abandoned.labels(*labels).inc()
         waits = metrics.queue_wait.labels(report.group.model)
         for seconds in report.queue_waits:
             waits.observe(seconds)
