@@ -141,6 +141,7 @@ def summarize(recorder: Recorder, stop_at: float, lump_gap: float) -> dict[str, 
         "latency_p50_s": _percentile(latencies, 50),
         "latency_p99_s": _percentile(latencies, 99),
         "latency_mean_s": float(latencies.mean()) if latencies.size else None,
+        "latencies_s": [round(float(x), 6) for x in latencies],  # to pool rounds
         "errors": dict(recorder.errors),
     }
 

@@ -1,19 +1,25 @@
 """Synchronous explanation throughput, four configurations side by side, one run.
 
-    python bench/sync_throughput.py --repository var/model-repository           # ~30 minutes
+    python bench/sync_throughput.py --repository var/model-repository           # ~40 minutes
     python bench/sync_throughput.py --quick --models digits                      # smoke test
     python bench/sync_throughput.py --models resnet18 --methods grad_cam
 
 For each model (digits; the ResNet-18-shaped model) and method (saliency, grad_cam,
-integrated_gradients with 32 steps), back to back so that the ratios compare like with like:
+integrated_gradients with 32 steps):
 
-  (a) limit    Captum on the loaded module in this process, best batch size; no server. The
-               sweep over batch sizes picks the size; that size is then measured again, for
-               longer, before and after the servers, and the limit is the mean of the two.
+  (a) limit    Captum on the loaded module in this process, best batch size; no server. A sweep
+               over batch sizes picks the size; that size is then measured again in every round.
   (b) today    `sidelight serve --max-batch-size 1`: Captum once per request, as TorchServe's
                explain path does. 32 callers in another process, 1 instance per request.
   (c) sidelight `sidelight serve` with its defaults, the same 32 callers, 1 instance each.
   (d) sidelight the same server, the 32 callers send 16 instances per request.
+
+The three servers start once per case and are warmed up (their chunk sizers learn, as a
+long-running server's have), then the four configurations are measured in rounds, interleaved
+(a b c d, then b c d a, ...): this machine is shared and drifts by more over the minutes of a
+case than the gaps being measured, and interleaving spreads the drift over all four alike. Each
+figure is the total over its rounds; the ratios are those of the totals, with the spread of the
+per-round ratios beside them.
 
 It prints a table (throughput, p50/p99 latency, ratios, targets met), keeps it in
 docs/benchmarks.md (full, unfiltered runs only, unless told otherwise) and writes everything it
@@ -36,7 +42,7 @@ import time
 import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -96,65 +102,76 @@ CONFIGS = (
 
 @dataclass(frozen=True)
 class Window:
-    """Durations of one server measurement (see loadgen.LoadSpec)."""
+    """Durations of one server measurement in one round (see loadgen.LoadSpec)."""
 
-    warmup_callers: int
-    warmup_instances: int | None  # None: the configuration's own request size
-    warmup_s: float
     min_window_s: float
     min_instances: int
     max_window_s: float
 
 
 @dataclass(frozen=True)
+class WarmUp:
+    """Load each server runs before the first round (see loadgen.LoadSpec): enough batches for
+    its chunk sizer to settle. Later rounds warm up with one call of one instance."""
+
+    callers: int
+    instances: int | None  # None: the configuration's own request size
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Durations of one (model, method): the limit's sweep and the three server windows."""
+    """Durations of one (model, method): the limit's sweep, the servers' warm-up, the rounds."""
 
     limit_min_time_s: float  # per measured (batch, chunk) point
     limit_budget_s: float  # for the whole sweep
-    limit_confirm_s: float  # the best point again, before and after the servers
-    windows: dict[str, Window]
+    limit_round_s: float  # the best point again, in each round
+    rounds: int
+    warmup: WarmUp
+    windows: dict[str, Window]  # per server, per round
 
 
 def plan_for(model: str, method: str, quick: bool) -> Plan:
     """Durations chosen so that each figure rests on enough answered instances (full run) or
     just proves the path works (quick). Requests of the ResNet-18 shape take seconds (saliency,
-    Grad-CAM: 32-64 instances per batch) to minutes (IG: ~10 s per instance on 2 cores, so a
-    batch of 64 takes ~10 min); the windows there are bounded by answered instances, not time.
+    Grad-CAM: 32-64 instances per batch) to minutes (IG: ~1.5 s per instance on 2 cores, so a
+    batch of 64 takes ~100 s); the windows there are bounded by answered instances, not time.
     """
     if model != "resnet18":
         if quick:
-            window = Window(CLIENTS, None, 1.0, 3.0, 0, 10.0)
-            return Plan(0.3, 8.0, 1.0, dict.fromkeys("bcd", window))
-        window = Window(CLIENTS, None, 3.0, 15.0, 0, 60.0)
-        return Plan(2.0, 60.0, 10.0, dict.fromkeys("bcd", window))
+            window = Window(3.0, 0, 10.0)
+            return Plan(0.3, 8.0, 1.0, 1, WarmUp(CLIENTS, None, 1.0), dict.fromkeys("bcd", window))
+        window = Window(8.0, 0, 30.0)
+        return Plan(1.0, 30.0, 4.0, 3, WarmUp(CLIENTS, None, 3.0), dict.fromkeys("bcd", window))
     if quick:
-        window = Window(1, 1, 0.0, 5.0, 1, 120.0)
-        return Plan(
-            0.5,
-            20.0 if method != "integrated_gradients" else 30.0,
-            0.0,
-            dict.fromkeys("bcd", window),
-        )
+        window = Window(5.0, 1, 120.0)
+        budget = 20.0 if method != "integrated_gradients" else 30.0
+        return Plan(0.5, budget, 0.0, 1, WarmUp(1, 1, 0.0), dict.fromkeys("bcd", window))
     if method == "integrated_gradients":
+        # 8 one-instance callers make batches of ~8 instances, ~13 s each: the sizer judges a
+        # size on one such batch (sizing.SECONDS_ALONE) and settles within the warm-up.
         return Plan(
             0.0,
             200.0,
-            60.0,
+            30.0,
+            2,
+            WarmUp(8, 1, 75.0),
             {
-                "b": Window(1, 1, 0.0, 120.0, 10, 400.0),
-                "c": Window(1, 1, 0.0, 120.0, 32, 600.0),
-                "d": Window(1, 1, 0.0, 120.0, 64, 900.0),
+                "b": Window(90.0, 10, 300.0),
+                "c": Window(90.0, 32, 300.0),
+                "d": Window(90.0, 64, 400.0),
             },
         )
     return Plan(
         3.0,
         150.0,
-        30.0,
+        15.0,
+        3,
+        WarmUp(CLIENTS, None, 20.0),
         {
-            "b": Window(2, None, 5.0, 60.0, 32, 300.0),
-            "c": Window(2, None, 5.0, 60.0, 32, 300.0),
-            "d": Window(2, None, 5.0, 60.0, 128, 300.0),
+            "b": Window(30.0, 32, 200.0),
+            "c": Window(30.0, 32, 200.0),
+            "d": Window(30.0, 128, 200.0),
         },
     )
 
@@ -325,41 +342,59 @@ def run_load(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return result
 
 
-def measure_server(
-    repository: Path,
-    model: str,
-    method: str,
-    config: ServerConfig,
-    window: Window,
-    pool: Path,
-    workdir: Path,
+def load_spec(
+    model: str, method: str, config: ServerConfig, window: Window, warmup: WarmUp, pool: Path
 ) -> dict[str, Any]:
-    """Start the server for `config`, run the load against it, stop it."""
-    spec = {
+    """What the load generator runs against `config`'s server in one round."""
+    return {
         "model": model,
         "method": method,
         "params": PARAMS.get(method, {}),
         "pool": str(pool),
         "instances": config.instances,
         "callers": CLIENTS,
-        "warmup_callers": window.warmup_callers,
-        "warmup_instances": window.warmup_instances or config.instances,
-        "warmup_s": window.warmup_s,
+        "warmup_callers": warmup.callers,
+        "warmup_instances": warmup.instances or config.instances,
+        "warmup_s": warmup.seconds,
         "min_window_s": window.min_window_s,
         "min_instances": window.min_instances,
         "max_window_s": window.max_window_s,
     }
+
+
+def measure_window(server: ServerRun, spec: dict[str, Any]) -> dict[str, Any]:
+    """One round's load against a running server, with the CPU others used meanwhile."""
     # Generous: the warm-up can take a batch or two of the slowest case.
-    timeout = 3 * window.max_window_s + 600.0
-    log = workdir / f"server-{model}-{method}-{config.name}.log"
-    with running_server(repository, (*config.serve_args, *ISOLATED), log) as server:
-        before = sample([server.pid])
-        result = run_load({"target": server.address, **spec}, timeout)
-        foreign = foreign_cores(before, sample([server.pid]))
-        result["server_batching"] = batching_seen(server.metrics_url)
-    result.update(server_start_s=server.started_s, server_stop_s=server.stopped_s)
-    result.update(server_killed=server.killed, foreign_cpu_cores=foreign)
+    timeout = 3 * float(spec["max_window_s"]) + 3 * float(spec["warmup_s"]) + 600.0
+    before = sample([server.pid])
+    result = run_load({"target": server.address, **spec}, timeout)
+    result["foreign_cpu_cores"] = foreign_cores(before, sample([server.pid]))
     return result
+
+
+def combine_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One server's figures over all its rounds: instances over seconds of all windows, the
+    percentiles of all latencies, the worst neighbours."""
+    instances = sum(r["completed_instances"] for r in rounds)
+    seconds = sum(r["window_s"] or 0.0 for r in rounds)
+    latencies = np.array([x for r in rounds for x in r["latencies_s"]], dtype=np.float64)
+    errors: dict[str, int] = {}
+    for r in rounds:
+        for code, count in r["errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    foreign = [r["foreign_cpu_cores"] for r in rounds if r["foreign_cpu_cores"] is not None]
+    return {
+        "throughput": instances / seconds if seconds else None,
+        "window_s": seconds,
+        "completed_requests": sum(r["completed_requests"] for r in rounds),
+        "completed_instances": instances,
+        "latency_p50_s": float(np.percentile(latencies, 50)) if latencies.size else None,
+        "latency_p99_s": float(np.percentile(latencies, 99)) if latencies.size else None,
+        "errors": errors,
+        "stopped_by": "cap" if any(r["stopped_by"] == "cap" for r in rounds) else "rule",
+        "foreign_cpu_cores": max(foreign) if foreign else None,
+        "rounds": [{k: v for k, v in r.items() if k != "latencies_s"} for r in rounds],
+    }
 
 
 def batching_seen(metrics_url: str) -> dict[str, float | None]:
@@ -396,9 +431,9 @@ def batching_seen(metrics_url: str) -> dict[str, float | None]:
 class CaseResult:
     model: str
     method: str
-    limit: Limit
+    limit: Limit  # its confirmations: one per round
     limit_foreign_cpu_cores: float | None
-    servers: dict[str, dict[str, Any]]
+    servers: dict[str, dict[str, Any]]  # combined over rounds; each keeps its "rounds"
     quiet_waits: dict[str, tuple[float, float | None]]
     seconds: float
 
@@ -412,12 +447,34 @@ class CaseResult:
         top, bottom = (self.throughput(n) for n in ratio.split("/"))
         return None if top is None or not bottom else top / bottom
 
+    def round_throughput(self, name: str, index: int) -> float | None:
+        if name == "a":
+            return self.limit.confirmations[index].instances_per_s
+        value = self.servers[name]["rounds"][index].get("throughput")
+        return None if value is None else float(value)
+
+    def round_ratios(self, ratio: str) -> list[float]:
+        """The ratio within each round (both sides measured minutes apart at most)."""
+        out = []
+        for index in range(len(self.limit.confirmations)):
+            top, bottom = (self.round_throughput(n, index) for n in ratio.split("/"))
+            if top is not None and bottom:
+                out.append(top / bottom)
+        return out
+
     def verdicts(self) -> list[tuple[Target, float | None, bool | None]]:
         out = []
         for target in targets_for(self.model, self.method):
             value = self.ratio(target.ratio)
             out.append((target, value, None if value is None else value >= target.minimum))
         return out
+
+
+def round_order(index: int) -> list[str]:
+    """a b c d, then b c d a, ...: each configuration takes each place in turn."""
+    names = ["a", *(config.name for config in CONFIGS)]
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
 
 
 def run_case(
@@ -430,9 +487,10 @@ def run_case(
     workdir: Path,
     quiet: Quiet,
 ) -> CaseResult:
-    """(a) then (b), (c), (d), back to back, each after the machine is quiet."""
+    """The sweep; the three servers started and warmed up; then the rounds, interleaved, each
+    measurement after the machine (the other servers included) is quiet."""
     began = time.perf_counter()
-    waits = {"a": quiet.wait()}
+    waits = {"sweep": quiet.wait()}
     _progress(f"{model.name}/{method}: (a) in-process sweep")
     before = sample()
     limit = sweep(
@@ -443,37 +501,56 @@ def run_case(
         budget_s=plan.limit_budget_s,
     )
     best = limit.best
-    _progress(f"  (a) sweep: best {best.instances_per_s:.1f} inst/s at batch {best.batch}")
-    first = confirm(model, method, *pool, best, min_time_s=plan.limit_confirm_s)
     limit_foreign = foreign_cores(before, sample())
-    _progress(f"  (a) confirmed: {first.instances_per_s:.1f} inst/s")
-    servers = {}
-    for config in CONFIGS:
-        waits[config.name] = quiet.wait()
-        _progress(f"  ({config.name}) {config.label}")
-        result = measure_server(
-            repository, model.name, method, config, plan.windows[config.name], pool_file, workdir
-        )
-        servers[config.name] = result
-        _progress(
-            f"  ({config.name}) {_num(result.get('throughput'))} inst/s, "
-            f"{result['completed_requests']} requests in {_num(result.get('window_s'))} s; "
-            f"{_batching(result)}"
-        )
-    waits["a again"] = quiet.wait()
-    before = sample()
-    again = confirm(model, method, *pool, best, min_time_s=plan.limit_confirm_s)
-    after = foreign_cores(before, sample())
-    if after is not None:
-        limit_foreign = max(limit_foreign or 0.0, after)
-    limit = replace(limit, confirmations=(first, again))
-    _progress(f"  (a) again: {again.instances_per_s:.1f} inst/s; limit {limit.instances_per_s:.1f}")
+    _progress(f"  (a) sweep: best {best.instances_per_s:.1f} inst/s at batch {best.batch}")
+    configs = {config.name: config for config in CONFIGS}
+    limit_points = []
+    per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
+    with ExitStack() as stack:
+        servers = {}
+        for name, config in configs.items():
+            log = workdir / f"server-{model.name}-{method}-{name}.log"
+            servers[name] = stack.enter_context(
+                running_server(repository, (*config.serve_args, *ISOLATED), log)
+            )
+        for index in range(plan.rounds):
+            for name in round_order(index):
+                waits[f"{name}{index}"] = quiet.wait()
+                if name == "a":
+                    before = sample()
+                    point = confirm(model, method, *pool, best, min_time_s=plan.limit_round_s)
+                    foreign = foreign_cores(before, sample())
+                    if foreign is not None:
+                        limit_foreign = max(limit_foreign or 0.0, foreign)
+                    limit_points.append(point)
+                    _progress(f"  round {index} (a) {point.instances_per_s:.3g} inst/s")
+                    continue
+                config = configs[name]
+                warmup = plan.warmup if index == 0 else WarmUp(1, 1, 0.0)
+                spec = load_spec(model.name, method, config, plan.windows[name], warmup, pool_file)
+                result = measure_window(servers[name], spec)
+                per_round[name].append(result)
+                _progress(
+                    f"  round {index} ({name}) {_num(result.get('throughput'), 3)} inst/s, "
+                    f"{result['completed_requests']} requests in "
+                    f"{_num(result.get('window_s'))} s"
+                )
+        combined = {}
+        for name, server in servers.items():
+            combined[name] = combine_rounds(per_round[name])
+            combined[name]["server_batching"] = batching_seen(server.metrics_url)
+            combined[name]["server_start_s"] = server.started_s
+    for name, server in servers.items():
+        combined[name].update(server_stop_s=server.stopped_s, server_killed=server.killed)
+        _progress(f"  ({name}) {_batching(combined[name])}")
+    limit = replace(limit, confirmations=tuple(limit_points))
+    _progress(f"  (a) limit {limit.instances_per_s:.3g} inst/s over {plan.rounds} round(s)")
     return CaseResult(
         model.name,
         method,
         limit,
         limit_foreign,
-        servers,
+        combined,
         waits,
         time.perf_counter() - began,
     )
@@ -561,14 +638,24 @@ def table(results: Sequence[CaseResult]) -> str:
             + _neighbours(r.limit_foreign_cpu_cores),
             *(_throughput(r.throughput(n)) + _flags(r.servers[n]) for n in "bcd"),
             *(_latency(r.servers[n]) for n in "bcd"),
-            *(_num(r.ratio(x), 2) for x in ("c/b", "c/a", "d/a")),
+            *(_ratio_cell(r, x) for x in ("c/b", "c/a", "d/a")),
             "; ".join(_verdict(*v) for v in r.verdicts()),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _ratio_cell(result: CaseResult, ratio: str) -> str:
+    """The ratio of the totals, and the spread of the rounds' ratios when there are several."""
+    rounds = result.round_ratios(ratio)
+    cell = _num(result.ratio(ratio), 2)
+    return cell if len(rounds) < 2 else f"{cell} ({min(rounds):.2f}–{max(rounds):.2f})"
+
+
 FOOTNOTES = f"""\
+Each figure is the total over its rounds (a: instances over seconds of the best batch size
+measured again in each round; b, c, d: instances answered over the seconds of all windows); each
+ratio is that of the totals, with the lowest and highest of the per-round ratios in brackets.
 † fewer requests answered in the window than there are callers: the latencies are those of the
 first answers after a fresh start, shorter than in a steady state (where, by Little's law, a
 request waits about callers × instances per request / throughput).
@@ -605,22 +692,23 @@ def _cpu_model() -> str:
 def plans_table(results: Sequence[CaseResult], plans: dict[tuple[str, str], Plan]) -> str:
     """The durations used, so a reader can judge how much each figure rests on."""
     lines = [
-        "| model | method | (a) sweep per point / budget; confirmations | server | warm-up "
-        "| window (min s, min instances, cap s) | answered requests / instances "
-        "| server batching (whole run) |",
+        "| model | method | (a) sweep per point / budget; each round | server "
+        "| warm-up (first round) | rounds × window (min s, min instances, cap s) "
+        "| answered requests / instances | server batching (whole run) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         plan = plans[(r.model, r.method)]
         for name in "bcd":
             w, s = plan.windows[name], r.servers[name]
-            warm = f"{w.warmup_callers} caller(s), {w.warmup_s:g} s"
+            size = plan.warmup.instances or "the request's"
+            warm = f"{plan.warmup.callers} caller(s) × {size} inst., {plan.warmup.seconds:g} s"
             lines.append(
                 f"| {r.model} | {r.method} | {plan.limit_min_time_s:g} s / "
                 f"{plan.limit_budget_s:g} s; {_confirmations(r.limit)} | {name} | {warm} | "
-                f"{w.min_window_s:g}, "
-                f"{w.min_instances}, {w.max_window_s:g} | {s['completed_requests']} / "
-                f"{s['completed_instances']} in {_num(s.get('window_s'))} s | {_batching(s)} |"
+                f"{plan.rounds} × ({w.min_window_s:g}, {w.min_instances}, {w.max_window_s:g}) | "
+                f"{s['completed_requests']} / {s['completed_instances']} in "
+                f"{_num(s.get('window_s'))} s | {_batching(s)} |"
             )
     return "\n".join(lines)
 
