@@ -150,9 +150,12 @@ def plan_for(model: str, method: str, quick: bool) -> Plan:
     if method == "integrated_gradients":
         # 8 one-instance callers make batches of ~8 instances, ~13 s each: the sizer judges a
         # size on one such batch (sizing.SECONDS_ALONE) and settles within the warm-up.
+        # 8 s a sweep point: at one call a point (the rule before 2026-11-30) the sweep picked
+        # one instance at 32 rows a call (0.74 inst/s), which then measured 0.45-0.50 while
+        # the one-request-at-a-time server (b, 8 rows a call) answered 0.54.
         return Plan(
-            0.0,
-            200.0,
+            8.0,
+            240.0,
             30.0,
             2,
             WarmUp(8, 1, 75.0),
@@ -167,7 +170,11 @@ def plan_for(model: str, method: str, quick: bool) -> Plan:
         150.0,
         15.0,
         3,
-        WarmUp(CLIENTS, None, 20.0),
+        # 90 s: the sizer compares 8, 16 and 32 rows; comparing 16 with 32 waits for batches
+        # over 16 instances, a minority behind 32 one-instance callers. After a 20-second
+        # warm-up it ended in the second round: the rounds before ran part of their batches at
+        # 32 rows, 20% slower per row (ResNet-18 saliency, 2026-11-30).
+        WarmUp(CLIENTS, None, 90.0),
         {
             "b": Window(30.0, 32, 200.0),
             "c": Window(30.0, 32, 200.0),

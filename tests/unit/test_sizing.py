@@ -347,7 +347,10 @@ def test_the_executor_reports_each_batch_to_its_sizer_and_logs_the_verdict(
 ) -> None:
     """Real batches through the executor: each model call costs the same whatever its rows (a
     fixed matrix product), so 16 rows a call are twice as fast per row as 8 and must win."""
-    work = torch.ones(192, 192)
+    # Large enough (~2 ms a call) that a scheduler hiccup of a few ms on a shared machine cannot
+    # undo a factor of two over the ~30 batches each size is judged on (at 192 × 192 one
+    # failed: 8 rows 36 µs a row, 16 rows 51).
+    work = torch.ones(384, 384)
 
     def run(
         model: object,
