@@ -50,6 +50,17 @@ def process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
+def minor_faults(pid: int) -> int | None:
+    """Minor page faults of a live process so far (all its threads); None when it is gone.
+    A server that keeps handing memory back to the kernel and faulting it in again shows here
+    (see sidelight.memory)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text.rsplit(")", 1)[1].split()[7])  # minflt: field 10 of proc(5)
+
+
 def own_seconds(pids: Sequence[int]) -> float:
     me = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

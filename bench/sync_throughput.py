@@ -52,7 +52,7 @@ import grpc
 import numpy as np
 import torch
 from captum_limit import Limit, confirm, sweep
-from cpuload import foreign_cores, sample, wait_for_quiet
+from cpuload import foreign_cores, minor_faults, sample, wait_for_quiet
 from prometheus_client.parser import text_string_to_metric_families
 from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
 from sidelight.models.config import load_config
@@ -373,9 +373,14 @@ def measure_window(server: ServerRun, spec: dict[str, Any]) -> dict[str, Any]:
     """One round's load against a running server, with the CPU others used meanwhile."""
     # Generous: the warm-up can take a batch or two of the slowest case.
     timeout = 3 * float(spec["max_window_s"]) + 3 * float(spec["warmup_s"]) + 600.0
-    before = sample([server.pid])
+    before, faults_before = sample([server.pid]), minor_faults(server.pid)
     result = run_load({"target": server.address, **spec}, timeout)
-    result["foreign_cpu_cores"] = foreign_cores(before, sample([server.pid]))
+    after, faults_after = sample([server.pid]), minor_faults(server.pid)
+    result["foreign_cpu_cores"] = foreign_cores(before, after)
+    # Over the load generator's whole run (its warm-up included).
+    if before and after and faults_before is not None and faults_after is not None:
+        seconds = after.wall - before.wall
+        result["server_minor_faults_per_s"] = (faults_after - faults_before) / seconds
     return result
 
 
@@ -540,7 +545,8 @@ def run_case(
                 _progress(
                     f"  round {index} ({name}) {_num(result.get('throughput'), 3)} inst/s, "
                     f"{result['completed_requests']} requests in "
-                    f"{_num(result.get('window_s'))} s"
+                    f"{_num(result.get('window_s'))} s; server "
+                    f"{_num(result.get('server_minor_faults_per_s'), 0)} minor faults/s"
                 )
         combined = {}
         for name, server in servers.items():

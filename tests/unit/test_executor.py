@@ -68,6 +68,20 @@ async def submit(
     return await scheduler.submit(group, inputs, targets, 0, deadline)
 
 
+async def cancel_during_the_first_call(
+    executor: DeviceExecutor, work: Work, gone: asyncio.Task[Any]
+) -> None:
+    """Start the executor once the submitted requests are queued (so they share one batch),
+    cancel `gone` while the batch's first model call runs, then let the call finish."""
+    await asyncio.sleep(0)
+    executor.start()
+    assert await asyncio.to_thread(work.first_call_started.wait, BOUND_S)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    work.release.set()
+
+
 def run(scenario: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(scenario, BOUND_S))
 
@@ -99,13 +113,7 @@ def test_a_batch_whose_callers_all_cancelled_stops_before_its_next_call(served: 
 
     async def scenario() -> None:
         gone = asyncio.create_task(submit(scheduler, group, rows(0, 10)))
-        await asyncio.sleep(0)  # queued before the executor takes
-        executor.start()
-        assert await asyncio.to_thread(work.first_call_started.wait, BOUND_S)
-        gone.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-        work.release.set()
+        await cancel_during_the_first_call(executor, work, gone)
         # The executor goes on: the next request is answered, in full.
         answer = await submit(scheduler, group, rows(100, 3))
         assert torch.equal(answer, rows(100, 3) * 2)
@@ -124,13 +132,7 @@ def test_a_batch_runs_to_the_end_while_one_caller_still_waits(served: Any) -> No
     async def scenario() -> None:
         gone = asyncio.create_task(submit(scheduler, group, rows(0, 4)))
         staying = asyncio.create_task(submit(scheduler, group, rows(10, 4)))
-        await asyncio.sleep(0)  # both queued: one batch of two requests
-        executor.start()
-        assert await asyncio.to_thread(work.first_call_started.wait, BOUND_S)
-        gone.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-        work.release.set()
+        await cancel_during_the_first_call(executor, work, gone)  # one batch of both requests
         assert torch.equal(await staying, rows(10, 4) * 2)
 
     run(scenario())
