@@ -1,6 +1,6 @@
 """Synchronous explanation throughput, four configurations side by side, one run.
 
-    python bench/sync_throughput.py --repository var/model-repository           # ~40 minutes
+    python bench/sync_throughput.py --repository var/model-repository           # ~an hour
     python bench/sync_throughput.py --quick --models digits                      # smoke test
     python bench/sync_throughput.py --models resnet18 --methods grad_cam
 
