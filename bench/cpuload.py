@@ -40,25 +40,28 @@ def machine_busy_seconds() -> float | None:
     return sum(values[i] for i in _BUSY_COLUMNS if i < len(values)) * TICK_S
 
 
-def process_seconds(pid: int) -> float:
-    """utime + stime of a live process (all its threads); 0 when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after "pid (comm)": fields[0] is the state (field 3 of proc(5)); None
+    when the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0]
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def process_seconds(pid: int) -> float:
+    """utime + stime of a live process (all its threads); 0 when it is gone."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def minor_faults(pid: int) -> int | None:
     """Minor page faults of a live process so far (all its threads); None when it is gone.
     A server that keeps handing memory back to the kernel and faulting it in again shows here
     (see sidelight.memory)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text.rsplit(")", 1)[1].split()[7])  # minflt: field 10 of proc(5)
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[7])  # minflt: field 10 of proc(5)
 
 
 def own_seconds(pids: Sequence[int]) -> float:
