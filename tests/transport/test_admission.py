@@ -25,13 +25,15 @@ def one_digit(seed: int = 0) -> np.ndarray[Any, Any]:
     return np.random.default_rng(seed).random((1, 1, 8, 8), dtype=np.float32)
 
 
-# One instance (the queue limits below are counted in instances), 256 noisy copies each
-# integrated over 50 steps: 12,800 rows, seconds of device time on two CPU cores.
+# One instance (the queue limits below are counted in instances), 1,024 noisy copies each
+# integrated over 50 steps: 51,200 rows, seconds of device time on two CPU cores, so that a
+# test's steps (metrics polled, a call cancelled) happen while it runs. At 256 copies it once
+# finished before a queued call's cancellation reached the server, which had taken that call.
 BLOCKER = explain_request(
     "digits",
     np.random.default_rng(9).random((1, 1, 8, 8), dtype=np.float32),
     "smoothgrad",
-    params={"base": "integrated_gradients", "samples": 256, "seed": 1},
+    params={"base": "integrated_gradients", "samples": 1024, "seed": 1},
 )
 
 
