@@ -2,8 +2,10 @@
 
 No server, no transport, no queue, no validation: the best throughput the method reaches on
 this machine when someone hands it ready batches. Batch sizes 1, 2, 4, ... 64 are tried (and,
-for Integrated Gradients, a few internal chunk sizes, which bound memory: rows per model call);
-the best is the limit the service is compared with.
+for Integrated Gradients, a few internal chunk sizes, which bound memory: rows per model call),
+each as one stream of batches on all of torch's threads and as two streams at once (two
+threads, each with its own copy of the module and half the threads: what the server's two CPU
+lanes do, sidelight.batching.lanes); the best is the limit the service is compared with.
 
 An expensive sweep (ResNet-18 IG: seconds per instance) stops at a time budget: before a point
 is measured its cost is estimated from the best rate seen so far, and the sweep ends when the
@@ -12,6 +14,7 @@ budget would be exceeded. The report says where it stopped.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ IG_STEPS = 32
 # Rows per model call tried for IG, per model: what bounds memory.
 IG_CHUNKS = {"digits": (256, 512, 2048), "resnet18": (8, 16, 32, 64)}
 DEFAULT_IG_CHUNKS = (32, 128, 512)
+# Batches computed at once, each on its own thread with an even share of torch's threads.
+STREAMS = (1, 2)
 
 Attribute = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -34,8 +39,9 @@ Attribute = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Point:
     batch: int
     chunk: int | None  # IG rows per model call; None for single-pass methods
-    calls: int
+    calls: int  # over all streams
     seconds: float
+    streams: int = 1
 
     @property
     def instances_per_s(self) -> float:
@@ -46,7 +52,7 @@ class Point:
 class Limit:
     best: Point  # the sweep's best point: it chooses the batch size, not the figure
     points: list[Point]
-    stopped_before: tuple[int, int | None] | None  # (batch, chunk) the budget did not reach
+    stopped_before: tuple[int, int | None, int] | None  # (batch, chunk, streams) not reached
     # The best point measured again, for longer, before and after the servers' runs: the limit
     # is their mean. The best of several short noisy measurements overstates the rate (the
     # maximum of noise), and a shared machine drifts over the minutes the servers take.
@@ -134,6 +140,65 @@ def time_point(
             return calls, elapsed
 
 
+def time_streams(
+    attributes: Sequence[Attribute],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    min_time_s: float,
+    warm: bool,
+) -> tuple[int, float]:
+    """`time_point` with one stream per attribute function, each on its own thread with an
+    even share of torch's threads, all started together: (calls of all, seconds until the
+    last stream's last call ended). One function: on this thread, as it is."""
+    if len(attributes) == 1:
+        return time_point(attributes[0], x, t, min_time_s, warm)
+    threads = max(1, torch.get_num_threads() // len(attributes))
+    counts = [0] * len(attributes)
+    failures: list[BaseException] = []
+    start: list[float] = []  # set once, as every stream is ready
+    ready = threading.Barrier(len(attributes), action=lambda: start.append(time.perf_counter()))
+
+    def stream(index: int, attribute: Attribute) -> None:
+        try:
+            torch.get_num_threads()  # torch's lazy first setting, so it cannot undo ours
+            torch.set_num_threads(threads)  # this thread's own (see sidelight's executor)
+            xs = x.clone()  # each stream its own input, as each lane has its own batches
+            if warm:
+                attribute(xs, t)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+        finally:
+            ready.wait()
+        try:
+            while True:
+                attribute(xs, t)
+                counts[index] += 1
+                if time.perf_counter() - start[0] >= min_time_s:
+                    return
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    workers = [
+        threading.Thread(target=stream, args=(i, a), daemon=True) for i, a in enumerate(attributes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start[0]
+    if failures:
+        raise RuntimeError("a stream failed") from failures[0]
+    return sum(counts), elapsed
+
+
+def stream_models(model: Model, streams: int) -> list[Model]:
+    """The model once per stream: the module itself, then copies (methods hook the module
+    while they run, so two threads may not share one)."""
+    return [model] + [model.private_copy() for _ in range(streams - 1)]
+
+
 def chunks_for(model: str, method: str, batch: int) -> list[int | None]:
     """The chunk sizes worth trying at this batch size (larger than the batch's rows is the
     same as the batch's rows)."""
@@ -143,8 +208,10 @@ def chunks_for(model: str, method: str, batch: int) -> list[int | None]:
     return sorted({min(c, rows) for c in IG_CHUNKS.get(model, DEFAULT_IG_CHUNKS)})
 
 
-def grid(model: str, method: str, sizes: Iterable[int]) -> list[tuple[int, int | None]]:
-    return [(b, c) for b in sizes for c in chunks_for(model, method, b)]
+def grid(
+    model: str, method: str, sizes: Iterable[int], streams: Iterable[int] = STREAMS
+) -> list[tuple[int, int | None, int]]:
+    return [(b, c, s) for b in sizes for c in chunks_for(model, method, b) for s in streams]
 
 
 def sweep(
@@ -157,21 +224,23 @@ def sweep(
     budget_s: float,
     sizes: Sequence[int] = BATCH_SIZES,
 ) -> Limit:
-    """Measure each (batch, chunk) of the grid until the time budget would be exceeded."""
+    """Measure each (batch, chunk, streams) of the grid until the time budget would be
+    exceeded."""
     points: list[Point] = []
     started = time.perf_counter()
-    stopped: tuple[int, int | None] | None = None
+    stopped: tuple[int, int | None, int] | None = None
     first = True
-    for batch, chunk in grid(model.name, method, sizes):
+    copies = stream_models(model, max(STREAMS))
+    for batch, chunk, streams in grid(model.name, method, sizes):
         estimate = _estimate(points, batch, min_time_s)
         if points and time.perf_counter() - started + estimate > budget_s:
-            stopped = (batch, chunk)
+            stopped = (batch, chunk, streams)
             break
         x, t = batch_of(pool, targets, batch)
-        attribute = attribute_fn(model, method, chunk)
+        attributes = [attribute_fn(m, method, chunk) for m in copies[:streams]]
         warm = first or estimate <= min_time_s
-        calls, seconds = time_point(attribute, x, t, min_time_s, warm)
-        points.append(Point(batch, chunk, calls, seconds))
+        calls, seconds = time_streams(attributes, x, t, min_time_s, warm)
+        points.append(Point(batch, chunk, calls, seconds, streams))
         first = False
     best = max(points, key=lambda p: p.instances_per_s)
     return Limit(best, points, stopped)
@@ -186,12 +255,12 @@ def confirm(
     *,
     min_time_s: float,
 ) -> Point:
-    """Measure `point`'s batch and chunk again, for at least `min_time_s` (one call at least)."""
+    """Measure `point` (batch, chunk, streams) again, for at least `min_time_s` (one call of
+    each stream at least)."""
     x, t = batch_of(pool, targets, point.batch)
-    calls, seconds = time_point(
-        attribute_fn(model, method, point.chunk), x, t, min_time_s, warm=True
-    )
-    return Point(point.batch, point.chunk, calls, seconds)
+    attributes = [attribute_fn(m, method, point.chunk) for m in stream_models(model, point.streams)]
+    calls, seconds = time_streams(attributes, x, t, min_time_s, warm=True)
+    return Point(point.batch, point.chunk, calls, seconds, point.streams)
 
 
 def _estimate(points: Sequence[Point], batch: int, min_time_s: float) -> float:

@@ -51,7 +51,7 @@ import captum
 import grpc
 import numpy as np
 import torch
-from captum_limit import Limit, confirm, sweep
+from captum_limit import Limit, Point, confirm, sweep
 from cpuload import foreign_cores, minor_faults, sample, wait_for_quiet
 from prometheus_client.parser import text_string_to_metric_families
 from sidelight.methods import EXPECTED_LIBRARY_WARNINGS
@@ -142,7 +142,8 @@ def plan_for(model: str, method: str, quick: bool) -> Plan:
             window = Window(3.0, 0, 10.0)
             return Plan(0.3, 8.0, 1.0, 1, WarmUp(CLIENTS, None, 1.0), dict.fromkeys("bcd", window))
         window = Window(8.0, 0, 30.0)
-        return Plan(1.0, 30.0, 4.0, 3, WarmUp(CLIENTS, None, 3.0), dict.fromkeys("bcd", window))
+        # 60 s: IG's grid is 7 batch sizes × 3 chunks × 1 or 2 streams.
+        return Plan(1.0, 60.0, 4.0, 3, WarmUp(CLIENTS, None, 3.0), dict.fromkeys("bcd", window))
     if quick:
         window = Window(5.0, 1, 120.0)
         budget = 20.0 if method != "integrated_gradients" else 30.0
@@ -514,7 +515,9 @@ def run_case(
     )
     best = limit.best
     limit_foreign = foreign_cores(before, sample())
-    _progress(f"  (a) sweep: best {best.instances_per_s:.1f} inst/s at batch {best.batch}")
+    _progress(
+        f"  (a) sweep: best {best.instances_per_s:.1f} inst/s at batch {best.batch}{_streams(best)}"
+    )
     configs = {config.name: config for config in CONFIGS}
     limit_points = []
     per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
@@ -647,7 +650,7 @@ def table(results: Sequence[CaseResult]) -> str:
         cells = [
             r.model,
             r.method,
-            f"{_throughput(r.limit.instances_per_s)} ({best.batch}{chunk})"
+            f"{_throughput(r.limit.instances_per_s)} ({best.batch}{chunk}{_streams(best)})"
             + _neighbours(r.limit_foreign_cpu_cores),
             *(_throughput(r.throughput(n)) + _flags(r.servers[n]) for n in "bcd"),
             *(_latency(r.servers[n]) for n in "bcd"),
@@ -658,6 +661,10 @@ def table(results: Sequence[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def _streams(point: Point) -> str:
+    return f" × {point.streams} streams" if point.streams > 1 else ""
+
+
 def _ratio_cell(result: CaseResult, ratio: str) -> str:
     """The ratio of the totals, and the spread of the rounds' ratios when there are several."""
     rounds = result.round_ratios(ratio)
@@ -666,9 +673,10 @@ def _ratio_cell(result: CaseResult, ratio: str) -> str:
 
 
 FOOTNOTES = f"""\
-Each figure is the total over its rounds (a: instances over seconds of the best batch size
-measured again in each round; b, c, d: instances answered over the seconds of all windows); each
-ratio is that of the totals, with the lowest and highest of the per-round ratios in brackets.
+Each figure is the total over its rounds (a: instances over seconds of the best batch size,
+one stream or two at once, measured again in each round; b, c, d: instances answered over the
+seconds of all windows); each ratio is that of the totals, with the lowest and highest of the
+per-round ratios in brackets.
 † fewer requests answered in the window than there are callers: the latencies are those of the
 first answers after a fresh start, shorter than in a steady state (where, by Little's law, a
 request waits about callers × instances per request / throughput).

@@ -85,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-rows-per-call", type=int, default=BatchingSettings.max_rows_per_call)
     serve.add_argument("--fixed-chunks", action="store_true", help="no adaptive chunk sizes")
+    serve.add_argument(
+        "--cpu-lanes",
+        type=int,
+        help="executors per CPU device, each with a share of the threads (default: 2 if >= 2)",
+    )
+    serve.add_argument(
+        "--extra-lane-min-call-ms",
+        type=float,
+        default=BatchingSettings.extra_lane_min_call_ms,
+        help="lanes after the first take only models whose calls last this long on average",
+    )
     serve.add_argument("--grace-period", type=float, default=ServerSettings.grace_period_s)
     serve.add_argument("--torch-threads", type=int)
     serve.add_argument(
@@ -317,6 +328,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue_instances=args.max_queue_instances,
             max_rows_per_call=args.max_rows_per_call,
             adaptive_chunks=not args.fixed_chunks,
+            cpu_lanes=args.cpu_lanes,
+            extra_lane_min_call_ms=args.extra_lane_min_call_ms,
         ),
         grace_period_s=args.grace_period,
         reflection=not args.no_reflection,

@@ -22,6 +22,11 @@ class BatchingSettings:
     max_rows_per_call: int = 512
     # False: chunk size fixed at max_rows_per_call (for comparisons).
     adaptive_chunks: bool = True
+    # Executors per CPU device, each with its own model copies and a share of the threads
+    # (sidelight.batching.lanes); None: 2 where there are 2 threads or more. CUDA runs one.
+    cpu_lanes: int | None = None
+    # Lanes after the first take only groups whose model calls last this long on average.
+    extra_lane_min_call_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -32,6 +37,10 @@ class BatchingSettings:
             raise ValueError("max_queue_instances must be >= max_batch_size")
         if self.max_rows_per_call < 1:
             raise ValueError("max_rows_per_call must be >= 1")
+        if self.cpu_lanes is not None and self.cpu_lanes < 1:
+            raise ValueError("cpu_lanes must be >= 1")
+        if self.extra_lane_min_call_ms < 0:
+            raise ValueError("extra_lane_min_call_ms must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -149,3 +149,28 @@ def test_loaded_model_records_digests_and_capabilities(repository: Path) -> None
     )
     zero = model.baseline()
     assert zero.tensor.shape == (1, 1, 8, 8) and float(zero.tensor.abs().sum()) == 0.0
+
+
+def test_a_private_copy_made_while_a_method_hooks_the_model_carries_no_hook(
+    repository: Path,
+) -> None:
+    """A copy taken mid-explanation (the sampler copies on first use, while the executor may
+    be hooking the loaded module) has its own layer, and none of the original's hooks."""
+    model = ModelRegistry.load(repository, CPU, check_model).get("digits").primary
+    fired: list[str] = []
+    assert model.layer is not None
+    handle = model.layer.register_forward_hook(lambda *_: fired.append("original's hook"))
+    try:
+        copy = model.private_copy()
+        assert copy.module is not model.module and copy.layer is not model.layer
+        copy.module(torch.zeros(2, 1, 8, 8))
+        assert fired == []
+        model.module(torch.zeros(2, 1, 8, 8))
+        assert fired == ["original's hook"]  # the original keeps its own
+    finally:
+        handle.remove()
+    assert copy.layer is not None
+    seen: list[tuple[int, ...]] = []
+    copy.layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+    copy.module(torch.zeros(3, 1, 8, 8))
+    assert len(seen) == 1 and seen[0][0] == 3  # the copy's own layer still hooks

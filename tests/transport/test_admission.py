@@ -55,7 +55,9 @@ def make_server(model_repository: Path) -> Iterator[Callable[..., ServerThread]]
     started: list[ServerThread] = []
 
     def make(**batching: Any) -> ServerThread:
-        running = ServerThread(server_settings(model_repository, **batching))
+        # One lane: these tests keep the device busy with one blocker, and a second lane
+        # would take what they queue behind it.
+        running = ServerThread(server_settings(model_repository, **{"cpu_lanes": 1, **batching}))
         started.append(running)
         return running
 
@@ -182,3 +184,21 @@ def test_a_running_batch_counts_as_in_flight_until_answered(
     assert first > 0
     # The idle clock runs on while nothing comes.
     wait_until(lambda: scheduler.idle_for() >= first + 0.04, 5, "the idle clock to run")
+
+
+def test_a_second_lane_answers_while_the_first_is_busy(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """Two lanes on the CPU: a long batch on one does not hold up a request the other may run.
+    (The second lane takes groups marked heavy after a batch; here every group is.)"""
+    server = make_server(cpu_lanes=2, extra_lane_min_call_ms=0.0)
+    with server.channel() as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        # A first saliency batch marks its group.
+        stub.Explain(explain_request("digits", one_digit(4), "saliency"), timeout=60)
+        blocker = stub.Explain.future(BLOCKER, timeout=300)
+        wait_until(lambda: blocker_running(server), 60, "the blocker to run")
+        answer = stub.Explain(explain_request("digits", one_digit(3), "saliency"), timeout=60)
+        assert list(answer.attributions.shape) == [1, 1, 8, 8]
+        assert blocker.running(), "the second request waited for the first lane"
+        assert list(blocker.result().attributions.shape) == [1, 1, 8, 8]

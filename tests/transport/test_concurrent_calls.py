@@ -4,13 +4,15 @@ its own result, equal to the same request computed alone in process (no batching
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_FEATURES, ServerThread
+from conftest import TINY_FEATURES, ServerThread, server_settings
 from sidelight.client import CHANNEL_OPTIONS, explain_request, to_array
 from sidelight.explanations import run_explain
 from sidelight.methods.catalog import METHODS
@@ -94,8 +96,23 @@ def alone(registry: ModelRegistry, call: dict[str, Any]) -> Any:
     )
 
 
+@pytest.fixture(scope="module")
+def two_lanes(model_repository: Path) -> Iterator[ServerThread]:
+    """Two CPU lanes that take every group: batches of the hooking methods (Grad-CAM, guided
+    backprop, DeepLIFT) run side by side, each lane on its own copy of the models."""
+    running = ServerThread(
+        server_settings(model_repository, cpu_lanes=2, extra_lane_min_call_ms=0.0)
+    )
+    yield running
+    running.stop()
+
+
 @pytest.mark.slow
-def test_hundred_concurrent_mixed_calls(server: ServerThread, registry: ModelRegistry) -> None:
+@pytest.mark.parametrize("serving", ["server", "two_lanes"])
+def test_hundred_concurrent_mixed_calls(
+    serving: str, registry: ModelRegistry, request: pytest.FixtureRequest
+) -> None:
+    server: ServerThread = request.getfixturevalue(serving)
     calls = make_calls()
     replies = asyncio.run(send_all(server.address, calls))
     assert len(replies) == CALLS
@@ -115,3 +132,6 @@ def test_hundred_concurrent_mixed_calls(server: ServerThread, registry: ModelReg
         {"model": "digits", "task": "saliency", "device": "cpu"},
     )
     assert batch_counts is not None and batch_counts >= 1
+    if serving == "two_lanes":  # and the second lane did take some of them
+        runs = {e.lane: e.batches_run for e in server.service.executors}
+        assert runs.keys() == {0, 1} and runs[1] > 0, runs

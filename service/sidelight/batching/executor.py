@@ -1,4 +1,7 @@
-"""One executor per device: a thread that takes batches from the scheduler and runs them.
+"""Executors: threads that take batches from the scheduler and run them on a device.
+
+A device runs one or more lanes (`sidelight.batching.lanes`), each an executor with its own copy
+of the models and its own share of the device's threads.
 
 The batch crosses to the device once (one concatenation, one transfer), runs in chunks sized by
 what this executor measured (sidelight.batching.sizing), and comes back once; each request then
@@ -19,6 +22,7 @@ from typing import TypeVar
 
 import torch
 
+from sidelight.batching.lanes import is_heavy
 from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
 from sidelight.batching.sizing import START_ROWS, ChunkSizer
 from sidelight.batching.timing import CallTimer
@@ -59,8 +63,13 @@ class DeviceExecutor:
         replica: Callable[[str, str, torch.device], Model],
         settings: BatchingSettings,
         on_batch: Callable[[BatchReport], None] = lambda report: None,
+        *,
+        threads: int | None = None,
+        lane: int = 0,
     ) -> None:
         self.device = device
+        self.lane = lane
+        self._threads = threads  # intra-op threads of this executor's thread; None: torch's
         self._scheduler = scheduler
         self._replica = replica
         self._settings = settings
@@ -68,7 +77,10 @@ class DeviceExecutor:
         # One sizer per group key, bounded like the groups themselves (their keys come from
         # what clients send); an evicted group learns its size again.
         self._sizers: OrderedDict[Hashable, ChunkSizer] = OrderedDict()
-        self._thread = threading.Thread(target=self._loop, name=f"executor-{device}", daemon=True)
+        self.batches_run = 0  # batches taken, whatever their outcome
+        self._thread = threading.Thread(
+            target=self._loop, name=f"executor-{device}-{lane}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -81,7 +93,14 @@ class DeviceExecutor:
         return None if sizer is None else sizer.current
 
     def _loop(self) -> None:
-        while (batch := self._scheduler.take()) is not None:
+        heavy_only = self.lane > 0  # the first lane takes every group; the others, heavy ones
+        if self._threads is not None:
+            # Per thread: torch's intra-op thread count is OpenMP's, which each thread keeps.
+            # But torch sets a thread's count on its first parallel call, to the count any
+            # thread set last: that first call comes now, so that it cannot undo this one.
+            torch.get_num_threads()
+            torch.set_num_threads(self._threads)
+        while (batch := self._scheduler.take(heavy_only=heavy_only)) is not None:
             self._run(batch)
 
     def _sizer(self, group: Group) -> ChunkSizer:
@@ -101,6 +120,7 @@ class DeviceExecutor:
 
     def _run(self, batch: TakenBatch) -> None:
         group, requests = batch.group, batch.requests
+        self.batches_run += 1
         sizer = self._sizer(group)
         chunk = sizer.current
         started = time.perf_counter()
@@ -137,7 +157,11 @@ class DeviceExecutor:
                 start += request.size
         seconds = time.perf_counter() - started
         if not (failed or abandoned):  # back on the host: its calls' times can be read
-            verdict = sizer.record_batch(chunk, timer.timings())
+            calls = timer.timings()
+            if calls:
+                heavy = is_heavy(calls, self._settings.extra_lane_min_call_ms / 1000.0)
+                self._scheduler.mark_heavy(group, heavy)
+            verdict = sizer.record_batch(chunk, calls)
             if verdict is not None:
                 log.info(
                     "chunk sizing %s/%s %s: %d rows %s, %d rows %s per row: keeps %d%s",

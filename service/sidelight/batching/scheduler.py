@@ -13,7 +13,9 @@ gather its requests up to `max_batch_size` instances (a request is never split),
   gives up on a minute-long Integrated Gradients batch does not keep the device for that minute.
 
 Requests come from the asyncio loop of the gRPC server; executors are threads. Results go back
-to the loop with `call_soon_threadsafe`.
+to the loop with `call_soon_threadsafe`. A device may run several executors (lanes,
+sidelight.batching.lanes): the first takes any group; the others only groups marked heavy
+(`mark_heavy`), whose model calls are long enough to share the cores well.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
+MAX_HEAVY_GROUPS = 1024
 # (replica on the executor's device, inputs, targets, seeds, max rows per call, a wrapper
 # that times each model call) -> result
 BatchRunner = Callable[[Model, torch.Tensor, torch.Tensor, torch.Tensor, int, Measure], Any]
@@ -115,6 +118,9 @@ class Scheduler:
         self._in_flight = 0  # queued or in a running batch, until answered
         self._idle_since: float | None = time.monotonic()  # None while anything is in flight
         self._closed = False
+        # Keys of the groups extra lanes may take, most recent last; bounded like the groups
+        # themselves (their keys come from what clients send).
+        self._heavy: OrderedDict[Hashable, None] = OrderedDict()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._on_depth = on_depth
@@ -156,7 +162,9 @@ class Scheduler:
                 )
             self._queues.setdefault(group, deque()).append(pending)
             self._queued += pending.size
-            self._wake.notify()
+            # Every waiting executor: the one `notify` would pick may be a lane that does not
+            # take this group.
+            self._wake.notify_all()
         self._on_depth(group.model, pending.size)
         # Only ever changed on the event loop's thread.
         self._in_flight += pending.size
@@ -188,18 +196,32 @@ class Scheduler:
         self._on_depth(pending.group.model, -pending.size)
         self._on_drop(pending.group.model, reason)
 
-    def take(self, timeout: float | None = None) -> TakenBatch | None:
-        """Block until a batch is ready (or `timeout` passes, or the scheduler closes)."""
+    def mark_heavy(self, group: Group, heavy: bool) -> None:
+        """Whether executors that take only heavy groups may take `group` (from now on)."""
+        with self._lock:
+            if heavy:
+                self._heavy[group.key] = None
+                self._heavy.move_to_end(group.key)
+                if len(self._heavy) > MAX_HEAVY_GROUPS:
+                    self._heavy.popitem(last=False)
+            else:
+                self._heavy.pop(group.key, None)
+
+    def take(self, timeout: float | None = None, *, heavy_only: bool = False) -> TakenBatch | None:
+        """Block until a batch is ready (or `timeout` passes, or the scheduler closes).
+        `heavy_only`: only from groups marked heavy."""
         give_up = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
                 if self._queues:
-                    batch = self._gather_locked()
+                    batch = self._gather_locked(heavy_only)
                     if batch is not None:
                         break
+                    if self._closed and not self._eligible_locked(heavy_only):
+                        return None  # what is left is another executor's to drain
                 elif self._closed:
                     return None
-                wait = self._next_wakeup_locked()
+                wait = self._next_wakeup_locked(heavy_only)
                 now = time.monotonic()
                 if give_up is not None:
                     if now >= give_up:
@@ -209,18 +231,27 @@ class Scheduler:
         self._on_depth(batch.group.model, -batch.instances)
         return batch
 
-    def _next_wakeup_locked(self) -> float | None:
-        if not self._queues:
-            return None
-        oldest = min(queue[0].enqueued for queue in self._queues.values())
+    def _eligible_locked(self, heavy_only: bool) -> list[tuple[Group, deque[Pending]]]:
+        return [
+            (group, queue)
+            for group, queue in self._queues.items()
+            if not heavy_only or group.key in self._heavy
+        ]
+
+    def _next_wakeup_locked(self, heavy_only: bool) -> float | None:
+        eligible = self._eligible_locked(heavy_only)
+        if not eligible:
+            return None  # until a submit or close wakes us
+        oldest = min(queue[0].enqueued for _, queue in eligible)
         return max(0.0, oldest + self._max_wait - time.monotonic())
 
-    def _gather_locked(self) -> TakenBatch | None:
+    def _gather_locked(self, heavy_only: bool = False) -> TakenBatch | None:
         now = time.monotonic()
         self._expire_locked(now)
-        if not self._queues:
+        eligible = self._eligible_locked(heavy_only)
+        if not eligible:
             return None
-        group, queue = min(self._queues.items(), key=lambda item: item[1][0].enqueued)
+        group, queue = min(eligible, key=lambda item: item[1][0].enqueued)
         limit = self._settings.max_batch_size
         available = sum(p.size for p in queue)
         if available < limit and now < queue[0].enqueued + self._max_wait and not self._closed:

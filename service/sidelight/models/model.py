@@ -97,6 +97,7 @@ class Model:
         if getattr(self.module, "shared_across_threads", False):
             return self
         module = copy.deepcopy(self.module)
+        _drop_hooks(module)
         layer = None
         if self.layer is not None:
             path = next(name for name, m in self.module.named_modules() if m is self.layer)
@@ -124,3 +125,28 @@ class PrivateModels:
             if found is None:
                 found = self._copies[model] = model.private_copy()
             return found
+
+
+# The per-module hook tables of torch.nn.Module (torch has no public call that empties them).
+_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def _drop_hooks(module: nn.Module) -> None:
+    """Empty the hook tables of a freshly copied module: a copy taken while another thread's
+    method hooked the original (the faithfulness sampler copies on first use, while the executor
+    runs) would otherwise keep calling that method's hook on every forward. A loaded module has
+    no hooks of its own (neither TorchScript nor torch.export files carry Python hooks), so
+    every hook found here is a method's, in flight."""
+    for sub in module.modules():
+        for table in _HOOK_TABLES:
+            hooks = getattr(sub, table, None)
+            if hooks is not None:
+                hooks.clear()

@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from sidelight.audit.log import AuditLog
 from sidelight.batching.executor import BatchReport, DeviceExecutor
+from sidelight.batching.lanes import lanes_for
 from sidelight.batching.scheduler import Scheduler
 from sidelight.dataplane import DataPlane
 from sidelight.jobs.memory_queue import MemoryJobQueue
@@ -97,6 +99,10 @@ class Service:
         self._stopping: asyncio.Task[None] | None = None
         self._readiness: asyncio.Task[None] | None = None
 
+    @property
+    def executors(self) -> tuple[DeviceExecutor, ...]:
+        return tuple(self._executors)
+
     @classmethod
     async def start(cls, settings: ServerSettings) -> Service:
         sys.setswitchinterval(settings.gil_switch_interval_s)
@@ -123,9 +129,26 @@ class Service:
         def replica(name: str, version: str, device: torch.device) -> Model:
             return replicas[(name, version, device)]
 
+        def lane_replica(device: torch.device) -> Callable[[str, str, torch.device], Model]:
+            # The first lane runs the loaded modules; each other lane, copies of its own: the
+            # methods hook a module while they run (Model.private_copy). Made now, before any
+            # lane runs: a module copied while a method hooks it would carry the hook along.
+            copies = {key: m.private_copy() for key, m in replicas.items() if key[2] == device}
+            return lambda name, version, on: copies[(name, version, on)]
+
+        cpu_threads = torch.get_num_threads()
         executors = [
-            DeviceExecutor(device, scheduler, replica, settings.batching, _batch_observer(metrics))
+            DeviceExecutor(
+                device,
+                scheduler,
+                replica if lane.index == 0 else lane_replica(device),
+                settings.batching,
+                _batch_observer(metrics),
+                threads=lane.threads,
+                lane=lane.index,
+            )
             for device in devices
+            for lane in lanes_for(device, settings.batching.cpu_lanes, cpu_threads)
         ]
         audit = await asyncio.to_thread(AuditLog.open, settings.audit, metrics.registry)
         jobs, workers = _job_queue(settings, registry, devices[0], metrics, audit)

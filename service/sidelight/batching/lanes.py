@@ -1,0 +1,61 @@
+"""How many executors (lanes) a device runs, and how many threads each gets.
+
+One executor thread on a CPU leaves cores idle whenever it is not inside a kernel: while it
+runs Python (the method, Captum, the autograd engine's bookkeeping, splitting results), while
+it waits for the GIL the gRPC loop holds, and while it waits for its next batch — the closed
+loop of answers out and requests in. A second lane, with its own copy of the models and half
+the threads, computes in those gaps; each kernel also scales better on one thread than on two.
+ResNet-18 Grad-CAM on 2 cores, in one process, fresh inputs, 3 interleaved rounds: one stream
+of 8 or 16 rows on 2 threads 29-30 inst/s, two streams of 4-16 rows on 1 thread each 36
+(docs/benchmarks.md). This is Triton's `instance_group { count: 2, kind: KIND_CPU }`, made
+the default.
+
+A second lane pays only where model calls are long. Where they last a millisecond (the 8×8
+digits), the executor's time is Python, the lanes and the gRPC loop queue for the GIL, and
+batches split between lanes are smaller: digits Grad-CAM behind 32 callers answered 689 inst/s
+with two lanes against 837 with one (3 interleaved rounds). So the first lane takes every
+group, and the others only groups whose calls last HEAVY_CALL_S on average (by default; the
+executors mark them after each batch, `Scheduler.mark_heavy`).
+
+A CUDA device runs one lane: its kernels queue on one stream, and the host work a second lane
+would overlap is already asynchronous to the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+# Lanes per CPU device when the settings leave it open (and the device has the threads).
+DEFAULT_CPU_LANES = 2
+# Mean seconds per model call from which a group is heavy, by default
+# (BatchingSettings.extra_lane_min_call_ms): 20 GIL switch intervals (1 ms,
+# ServerSettings.gil_switch_interval_s), so that waiting for the GIL is a small share of a call.
+HEAVY_CALL_S = 0.020
+
+
+@dataclass(frozen=True)
+class Lane:
+    index: int
+    threads: int | None  # intra-op threads for the lane's thread; None: leave torch's setting
+
+
+def lanes_for(device: torch.device, cpu_lanes: int | None, cpu_threads: int) -> list[Lane]:
+    """The lanes of `device`. `cpu_lanes` None: DEFAULT_CPU_LANES where `cpu_threads` (the
+    process's intra-op threads) allow one thread each, else one. The threads are split evenly;
+    a remainder goes to the first lanes."""
+    if device.type != "cpu":
+        return [Lane(0, None)]
+    count = min(DEFAULT_CPU_LANES, cpu_threads) if cpu_lanes is None else cpu_lanes
+    count = max(1, count)
+    if count == 1:
+        return [Lane(0, None)]
+    share, extra = divmod(max(cpu_threads, count), count)
+    return [Lane(index, share + (1 if index < extra else 0)) for index in range(count)]
+
+
+def is_heavy(calls: Sequence[tuple[int, float]], min_call_s: float = HEAVY_CALL_S) -> bool:
+    """Whether a batch's model calls, (rows, seconds) each, last `min_call_s` on average."""
+    return bool(calls) and sum(seconds for _, seconds in calls) >= min_call_s * len(calls)
