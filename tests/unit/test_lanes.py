@@ -163,3 +163,41 @@ def test_a_heavy_only_take_leaves_light_groups_to_the_first_lane_even_when_closi
         assert await answer == "done"
 
     asyncio.run(asyncio.wait_for(scenario(), BOUND_S))
+
+
+def test_a_group_of_many_rows_per_instance_stays_on_the_first_lane() -> None:
+    """IG's steps, SmoothGrad's samples: long calls, but two lanes would hold two of them."""
+    lanes_seen: list[str] = []
+
+    def run(
+        model: object, inputs: torch.Tensor, _t: object, _s: object, _c: int, measure
+    ) -> Attribution:  # type: ignore[no-untyped-def]
+        lanes_seen.append(threading.current_thread().name)
+        measure(len(inputs) * 32, lambda: time.sleep(HEAVY_CALL_S * 1.5))
+        return Attribution(inputs, inputs, torch.zeros(len(inputs), dtype=torch.int64), 1)
+
+    group = Group(
+        "ig", "m", "1", "integrated_gradients", run, lambda r, a, b: r.attributions[a:b], 32
+    )
+    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
+    scheduler = Scheduler(settings)
+    executors = [
+        DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, lane=i)  # type: ignore[arg-type,return-value]
+        for i in (0, 1)
+    ]
+    for executor in executors:
+        executor.start()
+
+    async def requests(count: int) -> None:
+        targets = torch.zeros(1, dtype=torch.int64)
+        await asyncio.gather(
+            *(scheduler.submit(group, torch.ones(1, 1), targets, 0, None) for _ in range(count))
+        )
+
+    try:
+        asyncio.run(asyncio.wait_for(requests(6), BOUND_S))
+    finally:
+        scheduler.close()
+        for executor in executors:
+            executor.join(BOUND_S)
+    assert set(lanes_seen) == {"executor-cpu-0"}

@@ -200,6 +200,8 @@ class Scheduler:
         """Whether executors that take only heavy groups may take `group` (from now on)."""
         with self._lock:
             if heavy:
+                if group.key not in self._heavy:
+                    self._wake.notify_all()  # a lane waiting for heavy work may take it now
                 self._heavy[group.key] = None
                 self._heavy.move_to_end(group.key)
                 if len(self._heavy) > MAX_HEAVY_GROUPS:
