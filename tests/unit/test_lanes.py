@@ -22,12 +22,12 @@ BOUND_S = 10.0
 @pytest.mark.parametrize(
     ("cpu_lanes", "threads", "expected"),
     [
-        (None, 2, [Lane(0, 1), Lane(1, 1)]),  # the default on two cores
-        (None, 8, [Lane(0, 4), Lane(1, 4)]),
+        (None, 2, [Lane(0, 1, 2), Lane(1, 1)]),  # the default on two cores
+        (None, 8, [Lane(0, 4, 8), Lane(1, 4)]),
         (None, 1, [Lane(0, None)]),  # one thread: one lane, torch's own setting
         (1, 8, [Lane(0, None)]),
-        (3, 8, [Lane(0, 3), Lane(1, 3), Lane(2, 2)]),  # the remainder to the first lanes
-        (4, 2, [Lane(0, 1), Lane(1, 1), Lane(2, 1), Lane(3, 1)]),  # never below one thread
+        (3, 8, [Lane(0, 3, 8), Lane(1, 3), Lane(2, 2)]),  # the remainder to the first lanes
+        (4, 2, [Lane(0, 1, 2), Lane(1, 1), Lane(2, 1), Lane(3, 1)]),  # never below one thread
     ],
 )
 def test_cpu_threads_are_split_between_lanes(
@@ -201,3 +201,30 @@ def test_a_group_of_many_rows_per_instance_stays_on_the_first_lane() -> None:
         for executor in executors:
             executor.join(BOUND_S)
     assert set(lanes_seen) == {"executor-cpu-0"}
+
+
+def test_the_first_lane_runs_a_group_no_other_lane_takes_on_every_thread() -> None:
+    seen: list[int] = []
+
+    def run(model: object, inputs: torch.Tensor, *rest: object) -> Attribution:
+        seen.append(torch.get_num_threads())
+        return Attribution(inputs, inputs, torch.zeros(len(inputs), dtype=torch.int64), 1)
+
+    group = Group("g", "m", "1", "saliency", run, lambda result, a, b: result.attributions[a:b])
+    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
+    scheduler = Scheduler(settings)
+    first = DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, alone_threads=2)  # type: ignore[arg-type,return-value]
+    first.start()
+
+    async def one() -> None:
+        targets = torch.zeros(1, dtype=torch.int64)
+        await scheduler.submit(group, torch.ones(1, 1), targets, 0, None)
+
+    try:
+        asyncio.run(asyncio.wait_for(one(), BOUND_S))  # light: nobody else takes it
+        scheduler.mark_heavy(group, True)
+        asyncio.run(asyncio.wait_for(one(), BOUND_S))  # heavy: shares the cores
+    finally:
+        scheduler.close()
+        first.join(BOUND_S)
+    assert seen == [2, 1]

@@ -65,11 +65,13 @@ class DeviceExecutor:
         on_batch: Callable[[BatchReport], None] = lambda report: None,
         *,
         threads: int | None = None,
+        alone_threads: int | None = None,
         lane: int = 0,
     ) -> None:
         self.device = device
         self.lane = lane
         self._threads = threads  # intra-op threads of this executor's thread; None: torch's
+        self._alone_threads = alone_threads  # for groups no other lane takes (Lane)
         self._scheduler = scheduler
         self._replica = replica
         self._settings = settings
@@ -121,6 +123,11 @@ class DeviceExecutor:
     def _run(self, batch: TakenBatch) -> None:
         group, requests = batch.group, batch.requests
         self.batches_run += 1
+        if self._alone_threads is not None:
+            shared = self._scheduler.is_heavy(group)  # other lanes may run beside this batch
+            torch.set_num_threads(
+                self._threads if shared and self._threads is not None else self._alone_threads
+            )
         sizer = self._sizer(group)
         chunk = sizer.current
         started = time.perf_counter()

@@ -23,6 +23,11 @@ activations at once. ResNet-18 IG (32 steps) behind 32 callers with two lanes to
 page faults a second and answered 0.29 inst/s, against 0.49 for the same server one request at
 a time (2026-12-01). Such groups stay on the first lane.
 
+A group that only the first lane takes runs there on every thread (`Lane.alone_threads`): with
+half of them, ResNet-18 IG one request at a time answered 0.24 inst/s where one lane had
+answered 0.6. (Should another lane run a heavy group of another model meanwhile, the cores are
+oversubscribed for that while.)
+
 A CUDA device runs one lane: its kernels queue on one stream, and the host work a second lane
 would overlap is already asynchronous to the device.
 """
@@ -46,6 +51,8 @@ HEAVY_CALL_S = 0.020
 class Lane:
     index: int
     threads: int | None  # intra-op threads for the lane's thread; None: leave torch's setting
+    # The first lane of several: its threads for a group no other lane takes (all of them).
+    alone_threads: int | None = None
 
 
 def lanes_for(device: torch.device, cpu_lanes: int | None, cpu_threads: int) -> list[Lane]:
@@ -59,7 +66,10 @@ def lanes_for(device: torch.device, cpu_lanes: int | None, cpu_threads: int) -> 
     if count == 1:
         return [Lane(0, None)]
     share, extra = divmod(max(cpu_threads, count), count)
-    return [Lane(index, share + (1 if index < extra else 0)) for index in range(count)]
+    return [
+        Lane(index, share + (1 if index < extra else 0), cpu_threads if index == 0 else None)
+        for index in range(count)
+    ]
 
 
 def is_heavy(calls: Sequence[tuple[int, float]], min_call_s: float = HEAVY_CALL_S) -> bool:

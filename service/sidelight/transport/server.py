@@ -145,6 +145,7 @@ class Service:
                 settings.batching,
                 _batch_observer(metrics),
                 threads=lane.threads,
+                alone_threads=lane.alone_threads,
                 lane=lane.index,
             )
             for device in devices
