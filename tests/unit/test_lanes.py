@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 import torch
@@ -117,20 +119,10 @@ def test_only_the_first_lane_runs_a_light_group_and_both_a_heavy_one() -> None:
         return Attribution(inputs, inputs, torch.zeros(len(inputs), dtype=torch.int64), 1)
 
     group = Group("g", "m", "1", "saliency", run, lambda result, a, b: result.attributions[a:b])
-    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
-    scheduler = Scheduler(settings)
-    executors = [
-        DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, lane=i)  # type: ignore[arg-type,return-value]
-        for i in (0, 1)
-    ]
-    for executor in executors:
-        executor.start()
+    scheduler, executors = two_lanes()
 
-    async def requests(count: int) -> None:
-        targets = torch.zeros(1, dtype=torch.int64)
-        await asyncio.gather(
-            *(scheduler.submit(group, torch.ones(1, 1), targets, 0, None) for _ in range(count))
-        )
+    def requests(count: int) -> Coroutine[Any, Any, None]:
+        return one_row_requests(scheduler, group, count)
 
     try:
         asyncio.run(asyncio.wait_for(requests(8), BOUND_S))  # light: short calls
@@ -179,20 +171,10 @@ def test_a_group_of_many_rows_per_instance_stays_on_the_first_lane() -> None:
     group = Group(
         "ig", "m", "1", "integrated_gradients", run, lambda r, a, b: r.attributions[a:b], 32
     )
-    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
-    scheduler = Scheduler(settings)
-    executors = [
-        DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, lane=i)  # type: ignore[arg-type,return-value]
-        for i in (0, 1)
-    ]
-    for executor in executors:
-        executor.start()
+    scheduler, executors = two_lanes()
 
-    async def requests(count: int) -> None:
-        targets = torch.zeros(1, dtype=torch.int64)
-        await asyncio.gather(
-            *(scheduler.submit(group, torch.ones(1, 1), targets, 0, None) for _ in range(count))
-        )
+    def requests(count: int) -> Coroutine[Any, Any, None]:
+        return one_row_requests(scheduler, group, count)
 
     try:
         asyncio.run(asyncio.wait_for(requests(6), BOUND_S))
@@ -228,3 +210,23 @@ def test_the_first_lane_runs_a_group_no_other_lane_takes_on_every_thread() -> No
         scheduler.close()
         first.join(BOUND_S)
     assert seen == [2, 1]
+
+
+def two_lanes() -> tuple[Scheduler, list[DeviceExecutor]]:
+    """A scheduler taking one instance a batch, and two started lanes of one thread each."""
+    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
+    scheduler = Scheduler(settings)
+    executors = [
+        DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, lane=i)  # type: ignore[arg-type,return-value]
+        for i in (0, 1)
+    ]
+    for executor in executors:
+        executor.start()
+    return scheduler, executors
+
+
+async def one_row_requests(scheduler: Scheduler, group: Group, count: int) -> None:
+    targets = torch.zeros(1, dtype=torch.int64)
+    await asyncio.gather(
+        *(scheduler.submit(group, torch.ones(1, 1), targets, 0, None) for _ in range(count))
+    )
