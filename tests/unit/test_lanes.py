@@ -101,6 +101,7 @@ def test_a_group_is_heavy_when_its_calls_last_long_on_average() -> None:
     assert not is_heavy([(8, HEAVY_CALL_S / 2)])
     assert is_heavy([(8, HEAVY_CALL_S / 2), (8, HEAVY_CALL_S * 1.5)])  # on average
     assert not is_heavy([(8, HEAVY_CALL_S * 1.5), (8, 0.0), (8, 0.0)])
+    assert not is_heavy([(256, HEAVY_CALL_S * 10)], rows_per_instance=32)  # IG's steps
 
 
 def test_only_the_first_lane_runs_a_light_group_and_both_a_heavy_one() -> None:

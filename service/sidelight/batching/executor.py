@@ -166,8 +166,8 @@ class DeviceExecutor:
         if not (failed or abandoned):  # back on the host: its calls' times can be read
             calls = timer.timings()
             if calls:
-                heavy = group.rows_per_instance == 1 and is_heavy(
-                    calls, self._settings.extra_lane_min_call_ms / 1000.0
+                heavy = is_heavy(
+                    calls, self._settings.extra_lane_min_call_ms / 1000.0, group.rows_per_instance
                 )
                 self._scheduler.mark_heavy(group, heavy)
             verdict = sizer.record_batch(chunk, calls)

@@ -72,6 +72,11 @@ def lanes_for(device: torch.device, cpu_lanes: int | None, cpu_threads: int) -> 
     ]
 
 
-def is_heavy(calls: Sequence[tuple[int, float]], min_call_s: float = HEAVY_CALL_S) -> bool:
-    """Whether a batch's model calls, (rows, seconds) each, last `min_call_s` on average."""
-    return bool(calls) and sum(seconds for _, seconds in calls) >= min_call_s * len(calls)
+def is_heavy(
+    calls: Sequence[tuple[int, float]], min_call_s: float = HEAVY_CALL_S, rows_per_instance: int = 1
+) -> bool:
+    """Whether lanes after the first may take a group: its instances are one row each, and a
+    batch's model calls, (rows, seconds) each, last `min_call_s` on average."""
+    if rows_per_instance != 1 or not calls:
+        return False
+    return sum(seconds for _, seconds in calls) >= min_call_s * len(calls)
