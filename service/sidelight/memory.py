@@ -13,12 +13,13 @@ lane, a job worker) allocates from its own glibc arena, made of heaps of at most
 glibc unmaps such a heap as soon as it is wholly free, whatever the trim threshold says. With the
 mmap threshold fixed at 32 MiB, blocks that mmap would have served come from those heaps, so a
 thread's churn got worse, not better: on a thread, 20 rounds of the loop in
-tests/unit/test_memory.py re-faulted 2,500 pages with glibc's defaults, 19,200 with the two
-thresholds alone, and none once the top pad is set as well. A server with two lanes took
-22,000-32,000 minor faults a second on ResNet-18. The top pad is what glibc keeps free at the top
-of a heap when it trims: at 64 MiB, a whole heap, no heap is ever unmapped or shrunk. It also
-rounds the main heap's growth up by 64 MiB of address space, which costs no memory until it is
-touched.
+tests/unit/test_memory.py re-faulted 5,100 pages with glibc's defaults, 38,400 with the two
+thresholds alone, and none once the top pad is set as well. The top pad is what glibc keeps free
+at the top of a heap when it trims: at 64 MiB, a whole heap, no heap is ever unmapped or shrunk.
+It also rounds the main heap's growth up by 64 MiB of address space, which costs no memory until
+it is touched. In a server with two lanes (ResNet-18 saliency and Grad-CAM, 16 instances a
+request) faults fell to 16-106 a second once warm; what remains elsewhere is blocks over the
+32 MiB mmap threshold, which glibc always maps afresh (docs/benchmarks.md).
 
 glibc only; elsewhere (macOS, musl) nothing is changed. No maintained Python package sets
 mallopt (the alternatives are LD_PRELOAD of another allocator, which has to be installed
