@@ -7,29 +7,42 @@ import asyncio
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
 from sidelight.batching.executor import DeviceExecutor
-from sidelight.batching.lanes import DEFAULT_CPU_LANES, HEAVY_CALL_S, Lane, is_heavy, lanes_for
+from sidelight.batching.lanes import (
+    DEFAULT_CPU_LANES,
+    HEAVY_CALL_S,
+    Lane,
+    LaneOverlap,
+    is_heavy,
+    lanes_for,
+)
 from sidelight.batching.scheduler import Group, Scheduler
 from sidelight.methods.base import Attribution
+from sidelight.models.model import Model
 from sidelight.settings import BatchingSettings
 
 CPU = torch.device("cpu")
 BOUND_S = 10.0
 
 
+def no_model(name: str, version: str, device: torch.device) -> Model:
+    """The replica of these tests' executors: their methods do not use a model."""
+    return cast(Model, None)
+
+
 @pytest.mark.parametrize(
     ("cpu_lanes", "threads", "expected"),
     [
-        (None, 2, [Lane(0, 1, 2), Lane(1, 1)]),  # the default on two cores
-        (None, 8, [Lane(0, 4, 8), Lane(1, 4)]),
+        (None, 2, [Lane(0, 1, 2), Lane(1, 1, 2)]),  # the default on two cores
+        (None, 8, [Lane(0, 4, 8), Lane(1, 4, 8)]),
         (None, 1, [Lane(0, None)]),  # one thread: one lane, torch's own setting
         (1, 8, [Lane(0, None)]),
-        (3, 8, [Lane(0, 3, 8), Lane(1, 3), Lane(2, 2)]),  # the remainder to the first lanes
-        (4, 2, [Lane(0, 1, 2), Lane(1, 1), Lane(2, 1), Lane(3, 1)]),  # never below one thread
+        (3, 8, [Lane(0, 3, 8), Lane(1, 3, 8), Lane(2, 2, 8)]),  # the remainder to the first
+        (4, 2, [Lane(0, 1, 2), Lane(1, 1, 2), Lane(2, 1, 2), Lane(3, 1, 2)]),  # never below one
     ],
 )
 def test_cpu_threads_are_split_between_lanes(
@@ -186,7 +199,30 @@ def test_a_group_of_many_rows_per_instance_stays_on_the_first_lane() -> None:
     assert set(lanes_seen) == {"executor-cpu-0"}
 
 
-def test_the_first_lane_runs_a_group_no_other_lane_takes_on_every_thread() -> None:
+def test_a_lane_is_alone_until_lanes_overlap_and_again_once_they_have_not_for_the_quiet_time() -> (
+    None
+):
+    now = [0.0]
+    overlap = LaneOverlap(quiet_s=1.0, clock=lambda: now[0])
+    assert overlap.begin()  # nobody else ran, ever
+    overlap.end()
+    now[0] = 0.1
+    assert overlap.begin()  # one lane after another (a lone caller): never at once
+    now[0] = 0.2
+    assert not overlap.begin()  # a second lane while the first runs
+    now[0] = 0.5
+    overlap.end()  # they ran at once until now
+    overlap.end()
+    now[0] = 1.4
+    assert not overlap.begin()  # 0.9 s after the overlap: still under load
+    overlap.end()
+    now[0] = 1.5
+    assert overlap.begin()  # quiet for 1 s: alone again
+    overlap.end()
+
+
+def test_a_lane_runs_on_every_thread_while_alone_and_on_its_share_beside_another() -> None:
+    """One executor of two lanes' overlap, the other lane played by the test."""
     seen: list[int] = []
 
     def run(model: object, inputs: torch.Tensor, *rest: object) -> Attribution:
@@ -196,21 +232,68 @@ def test_the_first_lane_runs_a_group_no_other_lane_takes_on_every_thread() -> No
     group = Group("g", "m", "1", "saliency", run, lambda result, a, b: result.attributions[a:b])
     settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
     scheduler = Scheduler(settings)
-    first = DeviceExecutor(CPU, scheduler, lambda *a: None, settings, threads=1, alone_threads=2)  # type: ignore[arg-type,return-value]
-    first.start()
+    now = [0.0]
+    overlap = LaneOverlap(quiet_s=1.0, clock=lambda: now[0])
+    lane = DeviceExecutor(
+        CPU, scheduler, no_model, settings, threads=1, alone_threads=2, overlap=overlap
+    )
+    lane.start()
 
-    async def one() -> None:
+    def one() -> None:
         targets = torch.zeros(1, dtype=torch.int64)
-        await scheduler.submit(group, torch.ones(1, 1), targets, 0, None)
+        asyncio.run(
+            asyncio.wait_for(scheduler.submit(group, torch.ones(1, 1), targets, 0, None), BOUND_S)
+        )
 
     try:
-        asyncio.run(asyncio.wait_for(one(), BOUND_S))  # light: nobody else takes it
-        scheduler.mark_heavy(group, True)
-        asyncio.run(asyncio.wait_for(one(), BOUND_S))  # heavy: shares the cores
+        one()  # alone
+        overlap.begin()  # the other lane runs a batch
+        one()
+        overlap.end()
+        one()  # the other lane stopped, but they overlapped under a second ago
+        now[0] = 5.0
+        one()
     finally:
         scheduler.close()
-        first.join(BOUND_S)
-    assert seen == [2, 1]
+        lane.join(BOUND_S)
+    assert seen == [2, 1, 1, 2]
+
+
+def test_two_lanes_that_meet_take_their_shares_from_then_on() -> None:
+    """Two lanes, two batches at once, twice: the first lane to start the first pair was
+    alone (every thread), the second not; in the second pair, both take their share."""
+    seen: list[list[int]] = [[], []]
+    pair = [0]
+    both_running = threading.Barrier(2, timeout=BOUND_S)
+
+    def run(model: object, inputs: torch.Tensor, *rest: object) -> Attribution:
+        seen[pair[0]].append(torch.get_num_threads())
+        both_running.wait()
+        return Attribution(inputs, inputs, torch.zeros(len(inputs), dtype=torch.int64), 1)
+
+    group = Group("g", "m", "1", "saliency", run, lambda result, a, b: result.attributions[a:b])
+    settings = BatchingSettings(max_batch_size=1, max_wait_ms=0.0)
+    scheduler = Scheduler(settings)
+    scheduler.mark_heavy(group, True)
+    overlap = LaneOverlap(quiet_s=BOUND_S * 10)  # no pair of this test is quiet for that long
+    executors = [
+        DeviceExecutor(
+            CPU, scheduler, no_model, settings, threads=1, alone_threads=2, overlap=overlap, lane=i
+        )
+        for i in (0, 1)
+    ]
+    for executor in executors:
+        executor.start()
+    try:
+        asyncio.run(asyncio.wait_for(one_row_requests(scheduler, group, 2), BOUND_S))
+        pair[0] = 1
+        asyncio.run(asyncio.wait_for(one_row_requests(scheduler, group, 2), BOUND_S))
+    finally:
+        scheduler.close()
+        for executor in executors:
+            executor.join(BOUND_S)
+    assert sorted(seen[0]) == [1, 2]
+    assert seen[1] == [1, 1]
 
 
 def two_lanes() -> tuple[Scheduler, list[DeviceExecutor]]:

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import torch
 
-from sidelight.batching.lanes import is_heavy
+from sidelight.batching.lanes import LaneOverlap, is_heavy
 from sidelight.batching.scheduler import Group, Pending, Scheduler, TakenBatch
 from sidelight.batching.sizing import START_ROWS, ChunkSizer
 from sidelight.batching.timing import CallTimer
@@ -66,12 +66,14 @@ class DeviceExecutor:
         *,
         threads: int | None = None,
         alone_threads: int | None = None,
+        overlap: LaneOverlap | None = None,
         lane: int = 0,
     ) -> None:
         self.device = device
         self.lane = lane
         self._threads = threads  # intra-op threads of this executor's thread; None: torch's
-        self._alone_threads = alone_threads  # for groups no other lane takes (Lane)
+        self._alone_threads = alone_threads  # while no other lane runs (Lane)
+        self._overlap = overlap  # shared by the device's lanes; None: one lane
         self._scheduler = scheduler
         self._replica = replica
         self._settings = settings
@@ -121,13 +123,21 @@ class DeviceExecutor:
         return sizer
 
     def _run(self, batch: TakenBatch) -> None:
-        group, requests = batch.group, batch.requests
         self.batches_run += 1
-        if self._alone_threads is not None:
-            shared = self._scheduler.is_heavy(group)  # other lanes may run beside this batch
-            torch.set_num_threads(
-                self._threads if shared and self._threads is not None else self._alone_threads
-            )
+        if self._overlap is None:
+            self._run_batch(batch)
+            return
+        alone = self._overlap.begin()
+        try:
+            threads = self._alone_threads if alone else self._threads
+            if threads is not None:
+                torch.set_num_threads(threads)
+            self._run_batch(batch)
+        finally:
+            self._overlap.end()
+
+    def _run_batch(self, batch: TakenBatch) -> None:
+        group, requests = batch.group, batch.requests
         sizer = self._sizer(group)
         chunk = sizer.current
         started = time.perf_counter()

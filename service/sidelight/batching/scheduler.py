@@ -209,10 +209,6 @@ class Scheduler:
             else:
                 self._heavy.pop(group.key, None)
 
-    def is_heavy(self, group: Group) -> bool:
-        with self._lock:
-            return group.key in self._heavy
-
     def take(self, timeout: float | None = None, *, heavy_only: bool = False) -> TakenBatch | None:
         """Block until a batch is ready (or `timeout` passes, or the scheduler closes).
         `heavy_only`: only from groups marked heavy."""

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from sidelight.audit.log import AuditLog
 from sidelight.batching.executor import BatchReport, DeviceExecutor
-from sidelight.batching.lanes import lanes_for
+from sidelight.batching.lanes import LaneOverlap, lanes_for
 from sidelight.batching.scheduler import Scheduler
 from sidelight.dataplane import DataPlane
 from sidelight.jobs.memory_queue import MemoryJobQueue
@@ -137,20 +137,24 @@ class Service:
             return lambda name, version, on: copies[(name, version, on)]
 
         cpu_threads = torch.get_num_threads()
-        executors = [
-            DeviceExecutor(
-                device,
-                scheduler,
-                replica if lane.index == 0 else lane_replica(device),
-                settings.batching,
-                _batch_observer(metrics),
-                threads=lane.threads,
-                alone_threads=lane.alone_threads,
-                lane=lane.index,
+        executors: list[DeviceExecutor] = []
+        for device in devices:
+            lanes = lanes_for(device, settings.batching.cpu_lanes, cpu_threads)
+            overlap = LaneOverlap() if len(lanes) > 1 else None
+            executors.extend(
+                DeviceExecutor(
+                    device,
+                    scheduler,
+                    replica if lane.index == 0 else lane_replica(device),
+                    settings.batching,
+                    _batch_observer(metrics),
+                    threads=lane.threads,
+                    alone_threads=lane.alone_threads,
+                    overlap=overlap,
+                    lane=lane.index,
+                )
+                for lane in lanes
             )
-            for device in devices
-            for lane in lanes_for(device, settings.batching.cpu_lanes, cpu_threads)
-        ]
         audit = await asyncio.to_thread(AuditLog.open, settings.audit, metrics.registry)
         jobs, workers = _job_queue(settings, registry, devices[0], metrics, audit)
         sampler = (
