@@ -221,9 +221,20 @@ def test_a_lane_is_alone_until_lanes_overlap_and_again_once_they_have_not_for_th
     overlap.end()
 
 
-def test_a_lane_runs_on_every_thread_while_alone_and_on_its_share_beside_another() -> None:
-    """One executor of two lanes' overlap, the other lane played by the test."""
+def test_a_lane_runs_on_every_thread_while_alone_and_on_its_share_beside_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One executor of two lanes' overlap, the other lane played by the test. The executor
+    sets torch's thread count only when it changes: each setting empties oneDNN's cache."""
     seen: list[int] = []
+    settings_made: list[int] = []
+    set_num_threads = torch.set_num_threads
+
+    def counted(threads: int) -> None:
+        settings_made.append(threads)
+        set_num_threads(threads)
+
+    monkeypatch.setattr(torch, "set_num_threads", counted)
 
     def run(model: object, inputs: torch.Tensor, *rest: object) -> Attribution:
         seen.append(torch.get_num_threads())
@@ -257,6 +268,7 @@ def test_a_lane_runs_on_every_thread_while_alone_and_on_its_share_beside_another
         scheduler.close()
         lane.join(BOUND_S)
     assert seen == [2, 1, 1, 2]
+    assert settings_made == [1, 2, 1, 2]  # the executor's start, then one per change
 
 
 def test_two_lanes_that_meet_take_their_shares_from_then_on() -> None:

@@ -74,6 +74,7 @@ class DeviceExecutor:
         self._threads = threads  # intra-op threads of this executor's thread; None: torch's
         self._alone_threads = alone_threads  # while no other lane runs (Lane)
         self._overlap = overlap  # shared by the device's lanes; None: one lane
+        self._threads_now = threads  # the executor thread's intra-op threads, as last set
         self._scheduler = scheduler
         self._replica = replica
         self._settings = settings
@@ -130,8 +131,12 @@ class DeviceExecutor:
         alone = self._overlap.begin()
         try:
             threads = self._alone_threads if alone else self._threads
-            if threads is not None:
+            # Only on a change: torch.set_num_threads also empties oneDNN's computation cache
+            # (and stores the count process-wide), so under load, where the lanes keep their
+            # shares, no batch pays for it.
+            if threads is not None and threads != self._threads_now:
                 torch.set_num_threads(threads)
+                self._threads_now = threads
             self._run_batch(batch)
         finally:
             self._overlap.end()
