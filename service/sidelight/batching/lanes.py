@@ -33,6 +33,8 @@ by side, 3 interleaved rounds (2026-12-02): one caller at a time, p50 172-180 ms
 no loss (saliency 34.2 against 33.2 inst/s over the rounds, Grad-CAM 70.6 against 68.5). Without
 the quiet time (alone whenever the other lane is idle at this batch's start) saliency behind
 32 callers lost 8%, and every lane on every thread always lost 9% (docs/benchmarks.md).
+Groups only the first lane takes need it most: on half the threads ResNet-18 IG one request at
+a time answered 0.24 inst/s where one lane had answered 0.6 (2026-12-01).
 
 A CUDA device runs one lane: its kernels queue on one stream, and the host work a second lane
 would overlap is already asynchronous to the device.
