@@ -119,7 +119,7 @@ def test_hundred_concurrent_mixed_calls(
         # batch and marks it heavy, so the second lane may take the burst's batches. Without
         # it, when the burst queues whole before a lane wakes, the first lane takes each group
         # in one batch and marks it only once it is empty (seen in CI: {0: 9, 1: 0}).
-        for call in make_calls()[: len(MIX)]:
+        for call in calls[: len(MIX)]:
             asyncio.run(send_all(server.address, [call]))
     replies = asyncio.run(send_all(server.address, calls))
     assert len(replies) == CALLS
