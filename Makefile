@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+PEERS := .venv-peers
+PEERS_INSTALLED := $(PEERS)/.installed
 REPOSITORY := var/model-repository
 SAMPLES := var/samples
 DEMO := $(REPOSITORY)/.built
@@ -12,12 +14,22 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 METRICS_PORT ?= 9095
 
-.PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql
+.PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql java peers
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,test]'
 	touch $@
+
+# The peers the integration tests run beside Sidelight that cannot share its venv (protobuf < 7):
+# MLServer with its scikit-learn runtime, and Triton's gRPC client.
+$(PEERS_INSTALLED): constraints-peers.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet -c constraints-peers.txt \
+		mlserver mlserver-sklearn 'tritonclient[grpc]' uvloop scikit-learn
+	touch $@
+
+peers: $(PEERS_INSTALLED)
 
 $(DEMO): $(INSTALLED) $(wildcard service/sidelight/demo/*.py)
 	$(BIN)/sidelight models build-demo --out $(REPOSITORY) --samples $(SAMPLES)
@@ -29,7 +41,7 @@ run: $(DEMO)
 	$(BIN)/sidelight serve --model-repository $(REPOSITORY) --host $(HOST) --port $(PORT) \
 		--metrics-port $(METRICS_PORT)
 
-test: $(DEMO) redis-server postgresql browser lint typecheck unit
+test: $(DEMO) $(PEERS_INSTALLED) redis-server postgresql browser java lint typecheck unit
 
 # The job tests start private redis-server processes; install Debian's package if missing.
 redis-server:
@@ -44,6 +56,13 @@ postgresql:
 		echo "PostgreSQL missing: installing Debian's package"; \
 		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql; }
+
+# TorchServe's frontend is Java: Debian's JRE 17 if missing.
+java:
+	@command -v java >/dev/null || { \
+		echo "java missing: installing Debian's openjdk-17-jre-headless"; \
+		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openjdk-17-jre-headless; }
 
 # The audit report's test opens the report in a headless browser: Debian's chromium and its
 # driver, installed if missing.
@@ -74,4 +93,4 @@ bench: $(DEMO)
 	$(BIN)/python bench/audit_overhead.py --repository $(REPOSITORY)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(PEERS) var .mypy_cache .ruff_cache .pytest_cache

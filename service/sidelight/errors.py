@@ -15,6 +15,8 @@
     │   └── SubjectErased        the subject's key is gone: its stored inputs cannot be read
     ├── Overloaded               the queue is full: try again later
     ├── DeadlineExceeded         the caller's deadline passed before the work could finish
+    ├── FailedPrecondition       the request is sound, but this model cannot serve it as
+    │                            configured (a gradient method on a remote model)
     ├── Unavailable              the server is shutting down or a dependency is down
     │   └── AuditUnavailable     the audit store cannot be reached or written
     └── ConfigError              a model repository entry is wrong (raised at start)
@@ -102,6 +104,16 @@ class Overloaded(SidelightError):
 
 class DeadlineExceeded(SidelightError):
     pass
+
+
+class FailedPrecondition(SidelightError):
+    """The request is well formed but the system is not in a state to serve it: a gradient
+    method asked of a model served elsewhere. Names the field and what to configure instead."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
 
 
 class Unavailable(SidelightError):
