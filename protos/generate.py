@@ -1,4 +1,5 @@
-"""Generate the Python stubs for protos/sidelight/v1/*.proto into service/ (or another root).
+"""Generate the Python stubs for protos/sidelight/**/*.proto into service/ (or another root):
+Sidelight's own contract (sidelight/v1) and the Open Inference Protocol it serves (sidelight/oip).
 
 `make protos` runs this; tests/unit/test_protos.py runs it into a temporary folder and fails when
 the committed stubs differ, so that the stubs can never be stale against the .proto files.
@@ -16,7 +17,7 @@ PROTO_FILES = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rg
 
 
 def generate(out_root: Path) -> None:
-    """Write explainer_pb2.py, .pyi and _pb2_grpc.py under out_root/sidelight/v1/."""
+    """Write each proto's _pb2.py, .pyi and _pb2_grpc.py under out_root/sidelight/."""
     include = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
     args = [
         "protoc",

@@ -41,7 +41,10 @@ def stubs(root: Path) -> dict[str, bytes]:
 
 def test_the_generator_covers_every_proto() -> None:
     generator = load_generator()
-    assert generator.PROTO_FILES == ["sidelight/v1/explainer.proto"]
+    assert generator.PROTO_FILES == [
+        "sidelight/oip/grpc_service.proto",
+        "sidelight/v1/explainer.proto",
+    ]
     assert generator.PROTO_ROOT == PROTOS
 
 
@@ -49,6 +52,9 @@ def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
     load_generator().generate(tmp_path)
     generated = stubs(tmp_path)
     assert sorted(generated) == [
+        "sidelight/oip/grpc_service_pb2.py",
+        "sidelight/oip/grpc_service_pb2.pyi",
+        "sidelight/oip/grpc_service_pb2_grpc.py",
         "sidelight/v1/explainer_pb2.py",
         "sidelight/v1/explainer_pb2.pyi",
         "sidelight/v1/explainer_pb2_grpc.py",
