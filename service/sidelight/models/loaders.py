@@ -1,10 +1,15 @@
-"""Load one model version from its folder: TorchScript (`model.pt`), torch.export (`model.pt2`)
-or ONNX (`model.onnx`, forward passes only).
+"""Load one model version from its folder: TorchScript (`model.pt`), torch.export (`model.pt2`),
+ONNX (`model.onnx`, forward passes only) or a remote endpoint (`remote.yaml`, forward passes
+only, on another server).
 
 No pickle: TorchScript archives hold code and tensors, torch.export archives a serialized graph
 and weights read with `weights_only`, ONNX files a protobuf graph. The loaded module is checked
 with a forward pass on the device before it is offered (output shape against the labels, CAM
 layer shape).
+
+A remote model is not probed: Sidelight starts while its endpoint is down, and the endpoint may
+answer later. Its number of classes is config.yaml's labels; every answer is checked against
+them (sidelight.models.remote.client), and the server's health probe reports the endpoint.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from sidelight.models.config import ModelConfig
 from sidelight.models.model import Background, Baseline, Capability, Model, ModelFormat
 from sidelight.models.modularize import LAYER_MARKER, modularize
 from sidelight.models.onnx import OnnxModule
+from sidelight.models.remote.config import REMOTE_FILE, load_remote_config
+from sidelight.models.remote.module import open_remote
 
 MODEL_FILES = {
     "model.pt": ModelFormat.TORCHSCRIPT,
     "model.pt2": ModelFormat.TORCH_EXPORT,
     "model.onnx": ModelFormat.ONNX,
+    REMOTE_FILE: ModelFormat.REMOTE,
 }
 
 _DTYPES = {"FP32": torch.float32, "FP16": torch.float16, "FP64": torch.float64}
@@ -141,6 +149,8 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
     """Load `model_dir/version`, check it against `config` with a forward pass on `device`."""
     config_path = str(model_dir / "config.yaml")
     path, fmt = _model_file(model_dir / version)
+    if fmt is ModelFormat.REMOTE:
+        return _load_remote(model_dir, version, path, config, device)
     try:
         if fmt is ModelFormat.TORCHSCRIPT:
             module, classifier = _load_torchscript(path, device), None
@@ -200,6 +210,29 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
         num_classes=num_classes,
         file_digest=file_digest(path),
         capabilities=frozenset(capabilities),
+        background=_background(model_dir, config, device),
+    )
+
+
+def _load_remote(
+    model_dir: Path, version: str, path: Path, config: ModelConfig, device: torch.device
+) -> Model:
+    """A model served elsewhere: remote.yaml read and checked, no call made (see above)."""
+    remote = load_remote_config(path)
+    module = open_remote(remote, model_dir.name, len(config.labels))
+    return Model(
+        name=model_dir.name,
+        version=version,
+        config=config,
+        device=device,
+        format=ModelFormat.REMOTE,
+        module=module,
+        layer=None,
+        classifier_weight=None,
+        baselines=_baselines(model_dir, config, device),
+        num_classes=len(config.labels),
+        file_digest=file_digest(path),
+        capabilities=frozenset(),
         background=_background(model_dir, config, device),
     )
 
