@@ -96,11 +96,15 @@ def _remote_refusal(model: Model, method: AnyMethod) -> str:
 
 def _remedy(model: Model) -> str:
     if model.format is ModelFormat.ONNX:
-        return " (ONNX models run forward passes only: offer the perturbation methods, or "
-        "export the model with torch.export as model.pt2)"
+        return (
+            " (ONNX models run forward passes only: offer the perturbation methods, or "
+            "export the model with torch.export as model.pt2)"
+        )
     if model.format is ModelFormat.REMOTE:
-        return " (remote models run forward passes only: offer the perturbation methods, and "
-        "explain the local artifact, model.pt2, model.pt or the .mar, for gradients)"
+        return (
+            " (remote models run forward passes only: offer the perturbation methods, and "
+            "explain the local artifact, model.pt2, model.pt or the .mar, for gradients)"
+        )
     if model.format is ModelFormat.TORCHSCRIPT:
         return " (export it with torch.export as model.pt2 and set cam.layer)"
     return " (set cam.layer, and cam.classifier for cam)"

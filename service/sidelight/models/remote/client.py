@@ -2,10 +2,12 @@
 `max_concurrency` calls in flight to the endpoint, a deadline on each call, retries where they
 are safe, and the figures that metrics and health read.
 
-Retries. A prediction changes nothing on the server, so repeating one is harmless; but only an
-UNAVAILABLE answer says that the call may succeed if made again (the connection was refused or
-dropped, the server is starting or shedding load: gRPC's own retry guidance). Every other code
-is retried never: DEADLINE_EXCEEDED means the endpoint is too slow for the configured deadline,
+Retries. A prediction changes nothing on the server, so repeating one is harmless; but only two
+answers say that the call may succeed if made again: UNAVAILABLE (the connection was refused or
+dropped, the server is starting or shedding load: gRPC's own retry guidance) and CANCELLED
+(Sidelight never cancels its own calls, so the server did: MLServer and Triton cancel the calls
+in flight when they shut down, before a restart or a rolling update). Every other code is
+retried never: DEADLINE_EXCEEDED means the endpoint is too slow for the configured deadline,
 and repeating the call would multiply the load on a server already behind; INVALID_ARGUMENT,
 NOT_FOUND, UNIMPLEMENTED, INTERNAL and a response that does not fit the model's config
 (BAD_RESPONSE) would fail again the same way. Retries back off exponentially (0.1 s, 0.2 s, ...
@@ -27,7 +29,7 @@ from sidelight.errors import RemoteModelError
 from sidelight.metrics import LATENCY_BUCKETS, RemoteFigures
 from sidelight.models.remote.config import RemoteConfig
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 BAD_RESPONSE = "BAD_RESPONSE"  # the status recorded for an answer that does not fit

@@ -10,7 +10,7 @@ output_name: predict_proba     # oip: the output to ask for ("" for the first re
 batch_rows: 64                 # rows per call at most
 max_concurrency: 4             # calls in flight to this endpoint at most, from this process
 timeout_seconds: 10.0          # deadline of one call (one attempt)
-retries: 2                     # further attempts of a call that failed UNAVAILABLE
+retries: 2                     # further attempts of a call that failed UNAVAILABLE or CANCELLED
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ class RemoteModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.detach().to("cpu").contiguous().numpy()  # R x input shape
         answer = self.client.infer(rows)  # R x classes
-        return torch.from_numpy(np.ascontiguousarray(answer)).to(x.device, x.dtype)
+        # Raw answers are read-only views of the response's bytes: torch needs its own copy.
+        answer = np.require(answer, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        return torch.from_numpy(answer).to(x.device, x.dtype)
 
 
 def open_remote(config: RemoteConfig, model: str, classes: int) -> RemoteModule:
@@ -46,7 +48,7 @@ def open_remote(config: RemoteConfig, model: str, classes: int) -> RemoteModule:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Sidelight retries itself, and only UNAVAILABLE (client.py): no second policy.
+            # Sidelight retries itself, only where safe (client.py): no second policy.
             ("grpc.enable_retries", 0),
         ],
     )
