@@ -18,25 +18,12 @@ from collections.abc import Mapping, Sequence
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
-from sidelight.models.registry import ModelRegistry
 from sidelight.models.remote.client import RemoteClient
-from sidelight.models.remote.module import remote_client
 
 log = logging.getLogger(__name__)
 
 PROBE_PERIOD_S = 2.0
 HEALTH_PREFIX = "sidelight.remote."
-
-
-def remote_clients(registry: ModelRegistry) -> dict[str, list[RemoteClient]]:
-    """The clients of every remote model, by model name (a client per version and device)."""
-    found: dict[str, list[RemoteClient]] = {}
-    for entry in registry:
-        for replica in entry.replicas:
-            client = remote_client(replica)
-            if client is not None:
-                found.setdefault(entry.name, []).append(client)
-    return found
 
 
 def health_name(model: str) -> str:

@@ -50,9 +50,10 @@ from sidelight.methods.catalog import check_model
 from sidelight.metrics import JobMetrics, Metrics, QueueCollector, RemoteCollector
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
+from sidelight.models.remote.module import remote_clients, remote_figures
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.settings import ServerSettings
-from sidelight.transport.remote_health import RemoteHealth, remote_clients
+from sidelight.transport.remote_health import RemoteHealth
 from sidelight.transport.servicer import ExplainerServicer
 from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
 
@@ -119,11 +120,9 @@ class Service:
         registry = ModelRegistry.load(settings.model_repository, devices, check_model)
         metrics = Metrics(CollectorRegistry())
         _publish_models(registry, metrics)
-        remote = remote_clients(registry)
+        remote = remote_clients(replica for entry in registry for replica in entry.replicas)
         if remote:
-            metrics.registry.register(
-                RemoteCollector(lambda: [c.stats.figures() for cs in remote.values() for c in cs])
-            )
+            metrics.registry.register(RemoteCollector(lambda: remote_figures(remote)))
 
         scheduler = Scheduler(
             settings.batching,

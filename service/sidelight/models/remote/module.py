@@ -8,11 +8,14 @@ configure instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+
 import grpc
 import numpy as np
 import torch
 from torch import nn
 
+from sidelight.metrics import RemoteFigures
 from sidelight.models.model import Model
 from sidelight.models.remote.client import Endpoint, RemoteClient
 from sidelight.models.remote.config import Protocol, RemoteConfig
@@ -63,3 +66,19 @@ def open_remote(config: RemoteConfig, model: str, classes: int) -> RemoteModule:
 def remote_client(model: Model) -> RemoteClient | None:
     """The client of a remote model; None for a local one."""
     return model.module.client if isinstance(model.module, RemoteModule) else None
+
+
+def remote_clients(models: Iterable[Model]) -> dict[str, list[RemoteClient]]:
+    """The clients of the remote ones among `models`, by model name (one per version and
+    device)."""
+    found: dict[str, list[RemoteClient]] = {}
+    for model in models:
+        client = remote_client(model)
+        if client is not None:
+            found.setdefault(model.name, []).append(client)
+    return found
+
+
+def remote_figures(clients: Mapping[str, Sequence[RemoteClient]]) -> list[RemoteFigures]:
+    """What metrics.RemoteCollector reads at each scrape."""
+    return [client.stats.figures() for group in clients.values() for client in group]
