@@ -57,14 +57,14 @@ class Logistic:
 def train_logistic(folder: Path) -> Logistic:
     """model.joblib (for MLServer) and the fitted figures, trained by the peers' Python."""
     done = subprocess.run(
-        [str(peer_python()), str(HERE / "peer_train_logistic.py"), str(folder)],
+        [str(peer_python()), str(HERE / "peer_train.py"), str(folder)],
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    figures = json.loads((folder / "logistic.json").read_text())
+    figures = json.loads((folder / "model.json").read_text())
     return Logistic(
         np.asarray(figures["coef"], dtype=np.float64),
         float(figures["intercept"]),
