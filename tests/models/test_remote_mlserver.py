@@ -36,7 +36,12 @@ from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.slow
 
 LOCAL, REMOTE = "cancer_local", "cancer_remote"
-RETRIES = 2
+# The same endpoint in calls of 16 rows, one at a time: a job of 50 rows is ~9,500 calls (many
+# seconds), long enough to stop MLServer in its middle. SLOW gives up after 2 retries (~0.3 s),
+# PATIENT after 12 (~17 s of backoff: MLServer restarts within that).
+SLOW, PATIENT = "cancer_slow", "cancer_patient"
+RETRIES, PATIENT_RETRIES = 2, 12
+SMALL_CALLS = {"batch_rows": 16, "max_concurrency": 1}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,10 @@ def sidelight(
     root = tmp_path_factory.mktemp("remote-repository")
     write_local(root / LOCAL, logistic)
     write_remote(root / REMOTE, logistic, mlserver.grpc_port, retries=RETRIES, batch_rows=256)
+    write_remote(root / SLOW, logistic, mlserver.grpc_port, retries=RETRIES, **SMALL_CALLS)
+    write_remote(
+        root / PATIENT, logistic, mlserver.grpc_port, retries=PATIENT_RETRIES, **SMALL_CALLS
+    )
     settings = replace(server_settings(root), jobs=JobSettings(embedded_workers=1))
     running = ServerThread(settings)
     yield running
@@ -194,23 +203,29 @@ def test_metrics_and_health_show_the_endpoint(
     )
 
 
+def submit(
+    stub: pb_grpc.ExplainerStub, model: str, rows: np.ndarray, method: str, **params: object
+) -> pb.Job:
+    return stub.SubmitJob(explain_request(model, rows, method, params=params), timeout=30)  # type: ignore[no-any-return]
+
+
+def evaluated(stub: pb_grpc.ExplainerStub, job_id: str) -> bool:
+    """Whether the job has spent model evaluations (a round of calls is done)."""
+    seen = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)
+    return bool(seen.progress.model_evaluations > 0 and seen.state == pb.JobState.RUNNING)
+
+
 def test_mlserver_stopped_mid_job_fails_the_job_with_the_endpoint_error_then_recovers(
     stub: pb_grpc.ExplainerStub, sidelight: ServerThread, mlserver: MlServer, logistic: Logistic
 ) -> None:
-    rows = logistic.rows[300:305]
-    # About 5 x 2^15 coalitions x 12 references: minutes of calls, stopped after the first.
-    request = explain_request(REMOTE, rows, "kernel_shap", params={"n_samples": 1 << 15})
-    submitted = stub.SubmitJob(request, timeout=30)
-
-    def evaluated() -> bool:
-        seen = stub.GetJob(pb.GetJobRequest(job_id=submitted.job_id), timeout=10)
-        return seen.progress.model_evaluations > 0
-
-    wait_until(evaluated, 60, "the job's first remote calls")
+    # 50 rows x 254 coalitions (all of them, exactly) x 12 references, in ~9,500 calls.
+    rows = logistic.rows[300:350]
+    submitted = submit(stub, SLOW, rows, "kernel_shap", n_samples=1024, seed=3)
+    wait_until(lambda: evaluated(stub, submitted.job_id), 60, "the job's first remote calls")
     mlserver.stop()
     done = watch_job(stub, submitted.job_id, timeout=120)
     assert done.state == pb.JobState.FAILED
-    assert f"remote model {REMOTE} at {mlserver.target}" in done.error
+    assert f"remote model {SLOW} at {mlserver.target}" in done.error
     # The calls cut by the shutdown (CANCELLED) and those refused after it were retried, then
     # the job failed with the endpoint's last answer.
     assert "UNAVAILABLE: failed to connect" in done.error
@@ -237,3 +252,36 @@ def test_mlserver_stopped_mid_job_fails_the_job_with_the_endpoint_error_then_rec
     np.testing.assert_allclose(
         predict(stub, REMOTE, rows), logistic.probabilities(rows), rtol=0, atol=1e-7
     )
+
+
+def test_a_restart_of_mlserver_mid_job_is_bridged_by_retries(
+    stub: pb_grpc.ExplainerStub, sidelight: ServerThread, mlserver: MlServer, logistic: Logistic
+) -> None:
+    """Retried where safe: the calls cut or refused while MLServer restarts are made again,
+    and the job ends as if nothing had happened (equal to the local model's)."""
+    rows = logistic.rows[400:420]  # ~3,800 calls of 16 rows
+    labels = f'endpoint="{mlserver.target}",model="{PATIENT}"'
+    failed_before = sum(
+        value
+        for key, value in metric_samples(sidelight).items()
+        if key.startswith("sidelight_remote_calls_total") and labels in key and "OK" not in key
+    )
+    submitted = submit(stub, PATIENT, rows, "kernel_shap", n_samples=1024, seed=3)
+    wait_until(lambda: evaluated(stub, submitted.job_id), 60, "the job's first remote calls")
+    mlserver.stop()
+    mlserver.start()
+    done = watch_job(stub, submitted.job_id, timeout=180)
+    assert done.state == pb.JobState.SUCCEEDED, done.error
+    local = watch_job(stub, submit(stub, LOCAL, rows, "kernel_shap", n_samples=1024, seed=3).job_id)
+    np.testing.assert_allclose(
+        to_array(done.result.attributions),
+        to_array(local.result.attributions),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    failed_after = sum(
+        value
+        for key, value in metric_samples(sidelight).items()
+        if key.startswith("sidelight_remote_calls_total") and labels in key and "OK" not in key
+    )
+    assert failed_after > failed_before  # the outage was seen, and bridged

@@ -44,7 +44,7 @@ class RemoteConfig(BaseModel):
     batch_rows: int = Field(default=64, ge=1, le=65536)
     max_concurrency: int = Field(default=4, ge=1, le=256)
     timeout_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
-    retries: int = Field(default=2, ge=0, le=10)
+    retries: int = Field(default=2, ge=0, le=20)
 
     @field_validator("target")
     @classmethod
