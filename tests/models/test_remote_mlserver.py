@@ -10,14 +10,18 @@ while the server and its local models keep serving, and all comes back when MLSe
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import ServerThread, server_settings, wait_until, watch_job
+from conftest import RedisServer, ServerThread, server_settings, wait_until, watch_job
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from remote_support import (
     Logistic,
@@ -58,9 +62,9 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory, logistic: Logistic) -> It
 
 
 @pytest.fixture(scope="module")
-def sidelight(
+def repository(
     tmp_path_factory: pytest.TempPathFactory, logistic: Logistic, mlserver: MlServer
-) -> Iterator[ServerThread]:
+) -> Path:
     root = tmp_path_factory.mktemp("remote-repository")
     write_local(root / LOCAL, logistic)
     write_remote(root / REMOTE, logistic, mlserver.grpc_port, retries=RETRIES, batch_rows=256)
@@ -68,7 +72,12 @@ def sidelight(
     write_remote(
         root / PATIENT, logistic, mlserver.grpc_port, retries=PATIENT_RETRIES, **SMALL_CALLS
     )
-    settings = replace(server_settings(root), jobs=JobSettings(embedded_workers=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sidelight(repository: Path) -> Iterator[ServerThread]:
+    settings = replace(server_settings(repository), jobs=JobSettings(embedded_workers=1))
     running = ServerThread(settings)
     yield running
     running.stop()
@@ -285,3 +294,60 @@ def test_a_restart_of_mlserver_mid_job_is_bridged_by_retries(
         if key.startswith("sidelight_remote_calls_total") and labels in key and "OK" not in key
     )
     assert failed_after > failed_before  # the outage was seen, and bridged
+
+
+def test_with_redis_and_a_worker_process_the_job_ends_failed_with_the_endpoint_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    repository: Path,
+    mlserver: MlServer,
+    logistic: Logistic,
+) -> None:
+    """The same through the production path: the API server queues on a real Redis, a
+    `sidelight worker` process runs the job and calls MLServer; MLServer stops mid-job; the job
+    ends FAILED in Redis with the endpoint's error, read back through the API server."""
+    redis = RedisServer(tmp_path_factory.mktemp("redis"))
+    api = ServerThread(replace(server_settings(repository), jobs=JobSettings(redis_url=redis.url)))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidelight.cli",
+            "worker",
+            "--model-repository",
+            str(repository),
+            "--redis-url",
+            redis.url,
+            "--processes",
+            "1",
+            "--metrics-port",
+            "-1",
+            "--torch-threads",
+            "1",
+            "--audit-dir",
+            str(tmp_path_factory.mktemp("worker-audit")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        with api.channel() as channel:
+            stub = pb_grpc.ExplainerStub(channel)  # type: ignore[no-untyped-call]
+            submitted = submit(stub, SLOW, logistic.rows[300:350], "kernel_shap", n_samples=1024)
+            wait_until(lambda: evaluated(stub, submitted.job_id), 90, "the worker's first calls")
+            mlserver.stop()
+            try:
+                done = watch_job(stub, submitted.job_id, timeout=120)
+            finally:
+                mlserver.start()
+        assert done.state == pb.JobState.FAILED
+        assert f"remote model {SLOW} at {mlserver.target}" in done.error
+        assert f"after {RETRIES + 1} attempts" in done.error
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+        api.stop()
+        redis.kill()
