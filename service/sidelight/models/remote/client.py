@@ -5,13 +5,14 @@ are safe, and the figures that metrics and health read.
 Retries. A prediction changes nothing on the server, so repeating one is harmless; but only two
 answers say that the call may succeed if made again: UNAVAILABLE (the connection was refused or
 dropped, the server is starting or shedding load: gRPC's own retry guidance) and CANCELLED
-(Sidelight never cancels its own calls, so the server did: MLServer and Triton cancel the calls
-in flight when they shut down, before a restart or a rolling update). Every other code is
-retried never: DEADLINE_EXCEEDED means the endpoint is too slow for the configured deadline,
-and repeating the call would multiply the load on a server already behind; INVALID_ARGUMENT,
-NOT_FOUND, UNIMPLEMENTED, INTERNAL and a response that does not fit the model's config
-(BAD_RESPONSE) would fail again the same way. Retries back off exponentially (0.1 s, 0.2 s, ...
-at most 2 s), and the caller's own deadline is the job's or the batch's, checked between calls.
+(Sidelight never cancels its own calls, so the server did: MLServer 1.7 cancels the calls in
+flight when it shuts down, as before a restart or in a rolling update; tests/models show it).
+Every other code is retried never: DEADLINE_EXCEEDED means the endpoint is too slow for the
+configured deadline, and repeating the call would multiply the load on a server already behind;
+INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED, INTERNAL and a response that does not fit the
+model's config (BAD_RESPONSE) would fail again the same way. Retries back off exponentially
+(0.1 s, 0.2 s, ... at most 2 s), and the caller's own deadline is the job's or the batch's,
+checked between calls.
 """
 
 from __future__ import annotations
