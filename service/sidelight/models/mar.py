@@ -129,20 +129,21 @@ def _json(path: Path, name: str) -> Any:
 
 
 def _labels(path: Path) -> list[str]:
+    return class_names(_json(path, INDEX_TO_NAME), f"{path}", INDEX_TO_NAME)
+
+
+def class_names(raw: Any, path: str, name: str = INDEX_TO_NAME) -> list[str]:
     """Class names from {"0": "cat", ...} or ImageNet's {"0": ["n01440764", "tench"], ...}."""
-    raw = _json(path, INDEX_TO_NAME)
     expected = [str(i) for i in range(len(raw))] if isinstance(raw, dict) else []
     if not isinstance(raw, dict) or sorted(raw, key=_index) != expected:
-        raise ConfigError(
-            str(path), INDEX_TO_NAME, 'must map every class index 0..K-1 to a name: {"0": ...}'
-        )
+        raise ConfigError(path, name, 'must map every class index 0..K-1 to a name: {"0": ...}')
     labels = []
     for key in expected:
         value = raw[key]
-        name = value[-1] if isinstance(value, list) and value else value
-        if not isinstance(name, str):
-            raise ConfigError(str(path), f"{INDEX_TO_NAME}: {key}", "is not a class name")
-        labels.append(name)
+        label = value[-1] if isinstance(value, list) and value else value
+        if not isinstance(label, str):
+            raise ConfigError(path, f"{name}: {key}", "is not a class name")
+        labels.append(label)
     return labels
 
 
