@@ -184,7 +184,20 @@ class SidelightHandler(BaseHandler):  # type: ignore[misc]
                 400,
                 f"instances: shape {list(rows.shape)}, expected [n, {', '.join(map(str, shape))}]",
             )
+        self._check_values(rows)
         return rows
+
+    def _check_values(self, rows: npt.NDArray[Any]) -> None:
+        """Sidelight refuses a whole Explain call for one bad value: refuse the request
+        that holds it here, so that the requests sharing its call still get answers."""
+        bad = ~np.isfinite(rows)
+        limits = self.config.input.range
+        if limits is not None:
+            bad |= (rows < limits[0]) | (rows > limits[1])
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            allowed = f"finite, within {list(limits)}" if limits else "finite"
+            raise RequestError(400, f"instances[{row}]: values must be {allowed}")
 
     def _probabilities(self, rows: npt.NDArray[Any]) -> torch.Tensor:
         with torch.inference_mode():
@@ -211,14 +224,17 @@ class SidelightHandler(BaseHandler):  # type: ignore[misc]
         rows = self._rows(body)
         options = body if isinstance(body, dict) else {}
         targets = options.get("targets", options.get("target"))
-        if isinstance(targets, int):
+        if isinstance(targets, int) and not isinstance(targets, bool):
             targets = [targets] * len(rows)
+        classes = len(self.config.labels)
         if targets is not None and (
             not isinstance(targets, list)
             or len(targets) != len(rows)
-            or not all(isinstance(t, int) for t in targets)
+            or not all(_is_class(t, classes) for t in targets)
         ):
-            raise RequestError(400, f"targets: give one class index per row ({len(rows)})")
+            raise RequestError(
+                400, f"targets: give one class index in [0, {classes}) per row ({len(rows)})"
+            )
         params = options.get("params", {})
         if not isinstance(params, dict):
             raise RequestError(400, 'params: must be an object, e.g. {"n_steps": 32}')
@@ -287,6 +303,10 @@ class SidelightHandler(BaseHandler):  # type: ignore[misc]
         else:
             detail = f"{where}: {code.name}: {exc.details()}"
         return RequestError(_HTTP_STATUS.get(code, 502), detail)
+
+
+def _is_class(target: Any, classes: int) -> bool:
+    return isinstance(target, int) and not isinstance(target, bool) and 0 <= target < classes
 
 
 def _split(members: Sequence[Explanation], response: Any) -> list[tuple[int, dict[str, Any]]]:

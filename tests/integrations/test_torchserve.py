@@ -276,18 +276,40 @@ def test_explanations_of_a_batch_with_each_request_s_own_targets_and_method(
 
 
 def test_a_bad_request_fails_alone(stack: Stack) -> None:
+    """Each bad request of a batch gets its own status naming the field; a good request that
+    shares its method and params (so its Explain call) is answered."""
     x = stack.rows
-    calls = [
-        ("explanations/breast_cancer", {"instances": [[1.0, 2.0]]}),
-        ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "targets": [0, 1]}),
-        ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "method": "telepathy"}),
-        ("predictions/breast_cancer", {"instances": x[0:1].tolist()}),
-    ]
-    answers = concurrently(stack, calls)
-    assert [status for status, _, _ in answers] == [400, 400, 404, 200], answers
+    negative = x[0:2].copy()
+    negative[1, 3] = -1.0  # the config's range is [0, 10000]
+    same = {"method": "integrated_gradients", "params": {"n_steps": 8}}
+    answers = concurrently(
+        stack,
+        [
+            ("explanations/breast_cancer", {"instances": [[1.0, 2.0]], **same}),
+            ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "targets": [2], **same}),
+            ("explanations/breast_cancer", {"instances": negative.tolist(), **same}),
+            ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "target": 1, **same}),
+        ],
+    )
+    assert [status for status, _, _ in answers] == [400, 400, 400, 200], answers
     assert "instances: shape [1, 2], expected [n, 30]" in answers[0][1]["error"]
-    assert "targets: give one class index per row (1)" in answers[1][1]["error"]
-    assert "telepathy" in answers[2][1]["error"]
+    assert "targets: give one class index in [0, 2) per row (1)" in answers[1][1]["error"]
+    assert "instances[1]: values must be finite, within [0.0, 10000.0]" in answers[2][1]["error"]
+    assert answers[3][1]["targets"] == [1]
+
+    answers = concurrently(
+        stack,
+        [
+            ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "method": "telepathy"}),
+            ("explanations/breast_cancer", {"instances": x[0:1].tolist(), "params": [8]}),
+            ("predictions/breast_cancer", {"rows": x[0:1].tolist()}),
+            ("predictions/breast_cancer", {"instances": x[0:1].tolist()}),
+        ],
+    )
+    assert [status for status, _, _ in answers] == [404, 400, 400, 200], answers
+    assert "telepathy" in answers[0][1]["error"]  # Sidelight's NOT_FOUND, passed on
+    assert "params: must be an object" in answers[1][1]["error"]
+    assert 'instances: give rows as {"instances"' in answers[2][1]["error"]
 
 
 def test_sidelight_slow_then_down_fails_explanations_within_the_deadline(stack: Stack) -> None:
