@@ -193,19 +193,14 @@ def _background(files: _SideFiles, config: ModelConfig, device: torch.device) ->
 
 
 def _load_module(
-    path: Path, archive: MarArchive | None, config: ModelConfig, device: torch.device
-) -> tuple[ModelFormat, nn.Module, torch.Tensor | None]:
-    """(format, module, CAM classifier weights) of the model file or the archive's model."""
-    if archive is not None:
-        source: Path | BinaryIO = archive.read_model()
-        fmt = archive.format
-    else:
-        source, fmt = path, MODEL_FILES[path.name]
+    source: Path | BinaryIO, fmt: ModelFormat, config: ModelConfig, device: torch.device
+) -> tuple[nn.Module, torch.Tensor | None]:
+    """(module, CAM classifier weights) of a model file, or of the model read from an archive."""
     if fmt is ModelFormat.TORCHSCRIPT:
-        return fmt, _load_torchscript(source, device), None
-    if fmt is ModelFormat.ONNX:
-        return fmt, OnnxModule(path, device), None
-    return (fmt, *_load_export(source, config, device))
+        return _load_torchscript(source, device), None
+    if fmt is ModelFormat.ONNX and isinstance(source, Path):
+        return OnnxModule(source, device), None
+    return _load_export(source, config, device)
 
 
 def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch.device) -> Model:
@@ -215,13 +210,14 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
     files = _SideFiles(model_dir, archive)
     config_path = files.config()
     what = f"{archive.format.value} ({archive.serialized_file})" if archive else path.name
+    fmt = archive.format if archive else MODEL_FILES[path.name]
+    source = archive.read_model() if archive else path  # the archive names what is wrong
     try:
-        fmt, module, classifier = _load_module(path, archive, config, device)
+        module, classifier = _load_module(source, fmt, config, device)
     except ConfigError as exc:
         raise ConfigError(config_path, exc.field, exc.problem) from exc
     except Exception as exc:  # a corrupt or foreign file: say which, keep the cause
-        fmt_name = archive.format.value if archive else MODEL_FILES[path.name].value
-        raise ConfigError(str(path), None, f"cannot be loaded as {fmt_name}: {exc}") from exc
+        raise ConfigError(str(path), None, f"cannot be loaded as {fmt.value}: {exc}") from exc
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
