@@ -42,7 +42,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,13 @@ from ts.torch_handler.base_handler import BaseHandler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEADLINE_S = 10.0
+# A batch of images and their attributions passes gRPC's 4 MiB default: the limits of
+# sidelight.client (not imported: it pulls the whole service into the worker).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 _DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 # Sidelight's status codes as HTTP statuses of the request they concern.
 _HTTP_STATUS = {
@@ -119,7 +125,6 @@ class Explanation:
     targets: list[int] | None  # one per row, or None: the predicted class
     method: str
     params: dict[str, Any]
-    answer: dict[str, Any] = field(default_factory=dict)
 
     @property
     def group(self) -> tuple[str, str]:
@@ -139,7 +144,7 @@ class SidelightHandler(BaseHandler):  # type: ignore[misc]
         self.model = _load_model(model_dir / self.manifest["model"]["serializedFile"], self.device)
         section = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         self.settings = Settings.from_context(section, context.model_name)
-        self.channel = grpc.insecure_channel(self.settings.address)
+        self.channel = grpc.insecure_channel(self.settings.address, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.ExplainerStub(self.channel)  # type: ignore[no-untyped-call]
         self.initialized = True
         log.info("Sidelight handler: explanations go to %s", self.settings)
