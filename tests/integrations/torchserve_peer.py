@@ -2,9 +2,11 @@
 loopback ports in a folder of its own, stopped by killing its own process group.
 
 TorchServe keeps its pid file in the temporary directory (`torchserve --stop` finds the server
-there) and the archiver stages files in `<tmp>/<model name>`: both get a private TMPDIR, so
-that nothing here meets another TorchServe on the machine, and nothing here uses
-`torchserve --stop`.
+there; a second `torchserve --start` refuses to run while it names a live server), its
+frontend talks to the workers over unix sockets `<java.io.tmpdir>/.ts.sock.9000, 9001, ...`
+(numbered the same in every TorchServe), and the archiver stages files in
+`<tmp>/<model name>`: all get a private TMPDIR/TEMP, so that nothing here meets another
+TorchServe on the machine, and nothing here uses `torchserve --stop`.
 """
 
 from __future__ import annotations
