@@ -346,6 +346,8 @@ def _publish_models(registry: ModelRegistry, metrics: Metrics) -> None:
                 entry.name, entry.version, replica.format.value, str(replica.device)
             ).set(1)
     metrics.models_loaded.set(count)
+    for name in registry.unavailable:
+        metrics.model_unavailable.labels(name).set(1)
 
 
 def _batch_observer(metrics: Metrics) -> Any:
