@@ -68,4 +68,7 @@ def renaming(rename: Callable[[str], str]) -> Iterator[None]:
     try:
         yield
     except FieldError as exc:
-        raise exc.renamed(rename(exc.field)) from exc
+        field = rename(exc.field)
+        if field == exc.field:
+            raise
+        raise exc.renamed(field) from exc
