@@ -751,3 +751,19 @@ def test_server_ready_follows_the_job_queue(repository: Path, redis_server: Redi
         assert call_oip(server, readiness) == {"live": True, "ready": True}
     finally:
         server.stop()
+
+
+def test_a_full_queue_answers_resource_exhausted_and_is_counted(repository: Path) -> None:
+    # Two rows where the queue takes one: refused at admission, whatever else is waiting.
+    settings = server_settings(repository, max_batch_size=1, max_queue_instances=1)
+    server = ServerThread(settings)
+    try:
+        answer = call_oip(server, {"full": infer("digits", digit_images(2))})["full"]
+        rejected = server.service.metrics.registry.get_sample_value(
+            "sidelight_requests_rejected_total", {"model": "digits"}
+        )
+    finally:
+        server.stop()
+    assert answer["error"]["code"] == "RESOURCE_EXHAUSTED", answer
+    assert "retry" in answer["error"]["message"]
+    assert rejected == 1

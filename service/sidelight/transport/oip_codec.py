@@ -115,8 +115,7 @@ def infer_call(request: oip.ModelInferRequest, deadline: float | None, caller: s
     input_index, targets_index = _input_indices(request)
     inputs = oip_tensors.read_input(request, input_index)
     raw = bool(request.raw_input_contents)
-    method = parameters.method
-    if method is None:
+    if parameters.method is None:
         _only_with_method(parameters, targets_index)
         fields = InferFields(input_index, raw, f"parameters.{TARGETS_PARAM}")
         predict = dp.PredictRequest(
@@ -134,7 +133,7 @@ def infer_call(request: oip.ModelInferRequest, deadline: float | None, caller: s
         model=request.model_name,
         model_version=request.model_version,
         inputs=inputs,
-        method=method,
+        method=parameters.method,
         targets=targets,
         params=parameters.params,
         request_id=request.id,

@@ -86,7 +86,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                     prediction = await self._plane.predict(call.request)
                     return oip_codec.prediction_response(request, call, prediction)
                 explained = await self._plane.explain_within_call(call.request)
-            self._calls.record_quality(explained.explanation)
+            if not explained.job_id:  # a job's figures are the workers' to count, as for SubmitJob
+                self._calls.record_quality(explained.explanation)
             return oip_codec.explanation_response(request, call, explained)
 
         method = oip_codec.method_of(request)
