@@ -105,7 +105,7 @@ class Service:
         self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
-        self._readiness: asyncio.Task[None] | None = None
+        self._readiness_watch: asyncio.Task[None] | None = None
 
     @property
     def executors(self) -> tuple[DeviceExecutor, ...]:
@@ -239,7 +239,7 @@ class Service:
             audit,
         )
         if settings.jobs.redis_url is not None:
-            service._readiness = asyncio.ensure_future(service._watch_readiness())
+            service._readiness_watch = asyncio.ensure_future(service._watch_readiness())
         return service
 
     async def _watch_readiness(self) -> None:
@@ -280,8 +280,8 @@ class Service:
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("stopping: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
-        if self._readiness is not None:
-            self._readiness.cancel()
+        if self._readiness_watch is not None:
+            self._readiness_watch.cancel()
         await self.readiness.stop()
         for worker, _thread in self._workers:
             worker.shutdown.set()  # stop claiming; the job in hand has the grace period
