@@ -3,8 +3,9 @@
 An input arrives either raw (`raw_input_contents[k]`: row-major little-endian bytes, one entry
 per input, in order) or typed (`inputs[i].contents`: the repeated field of its datatype), never
 both; FP16 has no typed field and travels raw only. Outputs go back raw when the request came
-raw (as Triton answers, and as tritonclient's `InferResult.as_numpy` reads them: it decodes
-`raw_output_contents` only), typed otherwise. Errors name the protocol's own fields.
+raw (tritonclient's `InferResult.as_numpy` decodes `raw_output_contents` only), typed when it
+came typed (a client that builds typed requests reads typed answers; Triton answers raw to
+both). Errors name the protocol's own fields.
 """
 
 from __future__ import annotations
