@@ -12,7 +12,9 @@ finish their job within the grace period or hand it back.
 
 Health: the empty service name is liveness (SERVING while the process can answer); the
 Explainer service's status is readiness: NOT_SERVING while shutting down, or while the job
-queue's Redis is unreachable (checked every second; it comes back on its own).
+queue's Redis is unreachable (checked every second; it comes back on its own). The Open
+Inference Protocol's service (inference.GRPCInferenceService, same port, same data plane)
+reports the same readiness in ServerReady.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ from sidelight.methods.catalog import check_model
 from sidelight.metrics import JobMetrics, Metrics, QueueCollector
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
+from sidelight.oip import grpc_service_pb2 as oip_pb2
+from sidelight.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.settings import ServerSettings
+from sidelight.transport.calls import Calls
+from sidelight.transport.oip_servicer import InferenceServicer
+from sidelight.transport.readiness import Readiness
 from sidelight.transport.servicer import ExplainerServicer
 from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
 
@@ -57,6 +64,7 @@ log = logging.getLogger(__name__)
 
 READINESS_PERIOD_S = 1.0
 SERVICE_NAME = explainer_pb2.DESCRIPTOR.services_by_name["Explainer"].full_name
+OIP_SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass
@@ -72,7 +80,7 @@ class Service:
         registry: ModelRegistry,
         metrics: Metrics,
         server: grpc.aio.Server,
-        health_servicer: health_aio.HealthServicer,
+        readiness: Readiness,
         scheduler: Scheduler,
         executors: list[DeviceExecutor],
         endpoints: Endpoints,
@@ -87,7 +95,7 @@ class Service:
         self.metrics = metrics
         self.endpoints = endpoints
         self._server = server
-        self._health = health_servicer
+        self.readiness = readiness
         self.scheduler = scheduler
         self._executors = executors
         self._metrics_server = metrics_server
@@ -97,7 +105,7 @@ class Service:
         self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
-        self._readiness: asyncio.Task[None] | None = None
+        self._readiness_watch: asyncio.Task[None] | None = None
 
     @property
     def executors(self) -> tuple[DeviceExecutor, ...]:
@@ -184,15 +192,19 @@ class Service:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainerServicer(plane, metrics), server
-        )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        readiness = Readiness(health_servicer, (SERVICE_NAME, OIP_SERVICE_NAME))
+        calls = Calls(metrics, registry.names())
+        explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
+            ExplainerServicer(plane, calls), server
+        )
+        oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(plane, calls, readiness), server
+        )
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            names = (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
@@ -209,14 +221,14 @@ class Service:
         for _worker, thread in workers:
             thread.start()
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await readiness.set(True)
         service = cls(
             settings,
             registry,
             metrics,
             server,
-            health_servicer,
+            readiness,
             scheduler,
             executors,
             Endpoints(port, metrics_port),
@@ -227,7 +239,7 @@ class Service:
             audit,
         )
         if settings.jobs.redis_url is not None:
-            service._readiness = asyncio.ensure_future(service._watch_readiness())
+            service._readiness_watch = asyncio.ensure_future(service._watch_readiness())
         return service
 
     async def _watch_readiness(self) -> None:
@@ -237,17 +249,12 @@ class Service:
             healthy = await asyncio.to_thread(self.jobs.healthy)
             if healthy != ready:
                 ready = healthy
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else (health_pb2.HealthCheckResponse.NOT_SERVING)
-                )
                 log.warning(
                     "job queue %s: readiness %s",
                     "back" if ready else "unreachable",
-                    health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                    "SERVING" if ready else "NOT_SERVING",
                 )
-                await self._health.set(SERVICE_NAME, status)
+                await self.readiness.set(ready)
             await asyncio.sleep(READINESS_PERIOD_S)
 
     def install_signal_handlers(self) -> None:
@@ -273,9 +280,9 @@ class Service:
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("stopping: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
-        if self._readiness is not None:
-            self._readiness.cancel()
-        await self._health.enter_graceful_shutdown()
+        if self._readiness_watch is not None:
+            self._readiness_watch.cancel()
+        await self.readiness.stop()
         for worker, _thread in self._workers:
             worker.shutdown.set()  # stop claiming; the job in hand has the grace period
         await self._server.stop(grace)
