@@ -355,9 +355,11 @@ def _serve(args: argparse.Namespace) -> int:
             if service.endpoints.metrics_port is not None
             else ""
         )
+        broken = service.registry.unavailable
+        unavailable = f"; unavailable (see the log): {', '.join(broken)}" if broken else ""
         print(
             f"sidelight listening on {settings.host}:{service.endpoints.grpc_port}{metrics}; "
-            f"models: {', '.join(service.registry.names())}",
+            f"models: {', '.join(service.registry.names())}{unavailable}",
             flush=True,
         )
         await service.wait_for_termination()

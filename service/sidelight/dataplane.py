@@ -1,5 +1,5 @@
-"""The use cases, transport-neutral: list models, predict, explain, and the jobs' submit, get,
-watch and cancel.
+"""The use cases, transport-neutral: list and describe models, predict, explain, and the jobs'
+submit, get, watch and cancel.
 
 The gRPC servicer converts messages to these dataclasses and back; nothing here knows protobuf.
 Validation happens here, before a request is queued, so a bad request never costs device time
@@ -9,6 +9,7 @@ and never reaches a worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -29,7 +30,16 @@ from sidelight.audit.log import AuditLog
 from sidelight.audit.record import AuditRecord
 from sidelight.audit.store import StoredRecord
 from sidelight.batching.scheduler import Group, Scheduler
-from sidelight.errors import InvalidArgument, InvalidParams, InvalidTensor, Unavailable
+from sidelight.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    InvalidParams,
+    InvalidTensor,
+    JobCancelled,
+    JobFailed,
+    SidelightError,
+    Unavailable,
+)
 from sidelight.explanations import (
     BatchResult,
     Explanation,
@@ -40,7 +50,7 @@ from sidelight.explanations import (
     split_result,
 )
 from sidelight.jobs.queue import JobQueue
-from sidelight.jobs.spec import JobKind, JobSpec, JobStatus
+from sidelight.jobs.spec import JobKind, JobSpec, JobState, JobStatus
 from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
 from sidelight.methods.chunking import Measure
@@ -137,6 +147,27 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Explained:
+    """An explanation computed within the call, by whichever path its method takes."""
+
+    explanation: Explanation
+    job_id: str = ""  # the job that computed it, for a perturbation method
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """One version of a model, as a protocol's metadata call describes it."""
+
+    name: str
+    version: str  # the one described: the latest when none was named
+    versions: list[str]
+    format: str  # sidelight.models.model.ModelFormat's value
+    input_shape: list[int]  # one instance, without the batch dimension
+    input_dtype: str
+    classes: int
+
+
+@dataclass(frozen=True)
 class MethodSummary:
     name: str
     mode: str
@@ -211,6 +242,19 @@ class DataPlane:
                 )
             )
         return summaries
+
+    def describe_model(self, name: str, version: str = "") -> ModelDescription:
+        """ModelNotFound / VersionNotFound for what is not loaded."""
+        entry = self._registry.get(name, version)
+        return ModelDescription(
+            name=entry.name,
+            version=entry.version,
+            versions=self._registry.versions(entry.name),
+            format=entry.primary.format.value,
+            input_shape=list(entry.config.input.shape),
+            input_dtype=entry.config.input.dtype,
+            classes=entry.primary.num_classes,
+        )
 
     async def predict(self, request: PredictRequest) -> Prediction:
         entry = self._registry.get(request.model, request.model_version)
@@ -433,6 +477,40 @@ class DataPlane:
         del inputs  # validated only: the worker decodes the spec's bytes
         return await asyncio.to_thread(queue.submit, spec)
 
+    async def explain_within_call(self, request: ExplainRequest) -> Explained:
+        """Explain with any method and answer within the call, for protocols that have no jobs
+        (the Open Inference Protocol): a synchronous method through the batcher; a
+        perturbation method as a job, submitted, then waited for until the request's
+        deadline. The job is cancelled when the wait ends early (the caller went away, or its
+        deadline passed): nobody is left to read its result."""
+        entry = self._registry.get(request.model, request.model_version)
+        if method_for(entry.primary, request.method).mode is Mode.SYNC:
+            return Explained(await self.explain(request))
+        job = await self.submit_job(request)
+        try:
+            done = await self._job_end(job.job_id, request.deadline)
+        except BaseException:
+            await asyncio.shield(self._cancel_quietly(job.job_id))
+            raise
+        return Explained(_job_result(done), job.job_id)
+
+    async def _job_end(self, job_id: str, deadline: float | None) -> JobStatus:
+        """The job once it ends; DeadlineExceeded if that is after `deadline`."""
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(left):
+                async for status in self.watch_job(job_id):
+                    if status.terminal:
+                        return status
+        except TimeoutError:
+            raise DeadlineExceeded(f"job {job_id} had not ended by the call's deadline") from None
+        raise AssertionError("unreachable: watch_job ends with a terminal state")
+
+    async def _cancel_quietly(self, job_id: str) -> None:
+        # The job may have ended meanwhile, or the queue be down: then nothing is to cancel.
+        with contextlib.suppress(SidelightError):
+            await self.cancel_job(job_id)
+
     async def get_job(self, job_id: str) -> JobStatus:
         return await asyncio.to_thread(self._queue().status, _job_id(job_id))
 
@@ -493,6 +571,17 @@ class DataPlane:
             split_result,
             rows_per_instance=method.rows_per_instance(params),
         )
+
+
+def _job_result(status: JobStatus) -> Explanation:
+    """A finished job's explanation, or the error that says why there is none."""
+    if status.state is JobState.SUCCEEDED and status.result is not None:
+        return status.result
+    if status.state is JobState.CANCELLED:
+        raise JobCancelled(status.job_id, "cancelled (CancelJob) before it finished")
+    if status.state is JobState.EXPIRED:
+        raise DeadlineExceeded(f"job {status.job_id}: its deadline passed before it started")
+    raise JobFailed(status.job_id, f"{status.state.value}: {status.error or 'no result'}")
 
 
 def _method_summary(method: AnyMethod) -> MethodSummary:

@@ -20,7 +20,12 @@
     ├── Unavailable              the server is shutting down or a dependency is down
     │   ├── AuditUnavailable     the audit store cannot be reached or written
     │   └── RemoteModelError     a remote model's endpoint failed or answered wrongly
+    ├── JobFailed                a job waited for within the call ended without a result
+    │   └── JobCancelled         ... because CancelJob cancelled it
     └── ConfigError              a model repository entry is wrong (raised at start)
+
+InvalidArgument, NotFound and FailedPrecondition name a field (`FieldError`): a protocol that
+names the request's fields otherwise (the Open Inference Protocol) renames it at its boundary.
 
 The transport maps these to status codes in one table (sidelight.transport.status); anything
 else that escapes is a bug and becomes INTERNAL with a message that leaks nothing.
@@ -28,18 +33,33 @@ else that escapes is a bug and becomes INTERNAL with a message that leaks nothin
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class SidelightError(Exception):
     """Base of every error Sidelight raises on purpose."""
 
 
-class InvalidArgument(SidelightError):
-    """A request field is wrong. `field` is its dotted path, e.g. "params.n_steps"."""
+class FieldError(SidelightError):
+    """An error about one field of the request. `field` is its dotted path, e.g.
+    "params.n_steps", as sidelight.v1 names it; `problem` says what is wrong with it."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+    def renamed(self, field: str) -> Self:
+        """The same error about `field`: the path another protocol gives the same field."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.args = (f"{field}: {self.problem}",)
+        clone.field = field
+        return clone
+
+
+class InvalidArgument(FieldError):
+    """A request field is wrong."""
 
 
 class InvalidTensor(InvalidArgument):
@@ -63,10 +83,8 @@ class AuditRecordConflict(InvalidArgument):
         self.record_id = record_id
 
 
-class NotFound(SidelightError):
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+class NotFound(FieldError):
+    pass
 
 
 class ModelNotFound(NotFound):
@@ -107,14 +125,9 @@ class DeadlineExceeded(SidelightError):
     pass
 
 
-class FailedPrecondition(SidelightError):
+class FailedPrecondition(FieldError):
     """The request is well formed but the system is not in a state to serve it: a gradient
     method asked of a model served elsewhere. Names the field and what to configure instead."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 class Unavailable(SidelightError):
@@ -138,6 +151,19 @@ class RemoteModelError(Unavailable):
         self.model = model
         self.status = status
         self.detail = detail
+
+
+class JobFailed(SidelightError):
+    """A job the call waited for (a perturbation method asked through a synchronous protocol)
+    ended without a result: the message says why, as the job's own record does (GetJob)."""
+
+    def __init__(self, job_id: str, problem: str) -> None:
+        super().__init__(f"job {job_id}: {problem}")
+        self.job_id = job_id
+
+
+class JobCancelled(JobFailed):
+    pass
 
 
 class ConfigError(SidelightError):

@@ -136,6 +136,13 @@ class Metrics:
             "Model versions loaded and serving (counted once across devices).",
             registry=registry,
         )
+        self.model_unavailable = Gauge(
+            "sidelight_model_unavailable",
+            "1 for each model of the repository that failed to load (its error is in the log "
+            "and in the NOT_FOUND answer to requests for it).",
+            ["model"],
+            registry=registry,
+        )
         self.faithfulness_auc = Histogram(
             "sidelight_faithfulness_auc",
             "Deletion or insertion AUC of sampled explanations (probability of the explained "

@@ -1,4 +1,5 @@
-"""A wrong model repository is refused at start with a message naming the file and the field."""
+"""A wrong model repository entry is refused at start with a message naming the file and the
+field, and kept as unavailable with that error while the other models load."""
 
 from __future__ import annotations
 
@@ -36,10 +37,24 @@ def edit_config(root: Path, model: str, change: Callable[[dict[str, Any]], None]
     return path
 
 
-def refused(root: Path) -> ConfigError:
-    with pytest.raises(ConfigError) as raised:
-        ModelRegistry.load(root, CPU, check_model)
-    return raised.value
+def refused(root: Path, model: str = "digits") -> ConfigError:
+    """The error that keeps `model` unavailable; every other model of `root` still loads."""
+    registry = ModelRegistry.load(root, CPU, check_model)
+    assert list(registry.unavailable) == [model]
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != model)
+    assert registry.names() == others
+    with pytest.raises(ModelNotFound, match=f"'{model}' is unavailable"):
+        registry.get(model)
+    return registry.unavailable[model]
+
+
+def test_a_repository_where_nothing_loads_stops_the_start(repository: Path) -> None:
+    edit_config(repository, "digits", lambda c: c.pop("task"))
+    edit_config(repository, "breast_cancer", lambda c: c.update(output="scores"))
+    with pytest.raises(ConfigError, match="no model loads") as raised:
+        ModelRegistry.load(repository, CPU, check_model)
+    assert raised.value.field == "output"  # the first broken entry, by name
+    assert "task" in str(raised.value)  # and every other one's problem
 
 
 @pytest.mark.parametrize(
@@ -76,7 +91,7 @@ def test_wrong_digits_config_is_refused(
 
 def test_baseline_file_of_the_wrong_shape(repository: Path) -> None:
     np.save(repository / "breast_cancer" / "baseline_mean.npy", np.zeros(29, np.float32))
-    error = refused(repository)
+    error = refused(repository, "breast_cancer")
     assert error.field == "baselines.mean.file" and "[29]" in str(error)
 
 
@@ -87,7 +102,7 @@ def test_baseline_file_that_is_a_pickle_is_refused(repository: Path) -> None:
         header = {"descr": "|O", "fortran_order": False, "shape": (30,)}
         np.lib.format.write_array_header_1_0(out, header)
         out.write(b"\x80\x04not a pickle anyone should open")
-    error = refused(repository)
+    error = refused(repository, "breast_cancer")
     assert "baseline_mean.npy" in error.path and "not a readable .npy" in str(error)
 
 
@@ -116,7 +131,7 @@ def test_corrupt_model_file(repository: Path) -> None:
 def test_torchscript_model_cannot_offer_layer_methods(repository: Path) -> None:
     write_torchscript_model(repository / "tiny")
     edit_config(repository, "tiny", lambda c: c["methods"].append("deeplift"))
-    error = refused(repository)
+    error = refused(repository, "tiny")
     assert error.field == "methods" and "torch.export" in str(error)
 
 

@@ -1,6 +1,7 @@
 """Remote model entries without a peer server: remote.yaml validated at start with errors that
-name file and field; an endpoint that is down does not stop the start, and its calls fail
-UNAVAILABLE, retried, naming the endpoint; gradient methods are refused for what they are.
+name file and field (the model unavailable, the others loading); an endpoint that is down does
+not stop the start, and its calls fail UNAVAILABLE, retried, naming the endpoint; gradient
+methods are refused for what they are.
 
 The endpoint here is a real gRPC channel to a loopback port where nothing listens; the tests
 against real MLServer and TorchServe servers are test_remote_mlserver.py and
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import server_settings
+from conftest import server_settings, write_torchscript_model
 from remote_support import FEATURES, Logistic, free_port, write_remote
-from sidelight.errors import ConfigError, FailedPrecondition, RemoteModelError
+from sidelight.errors import ConfigError, FailedPrecondition, ModelNotFound, RemoteModelError
 from sidelight.methods.catalog import check_model, method_for
 from sidelight.models.config import load_config
 from sidelight.models.loaders import load_model
@@ -56,16 +57,24 @@ def edit(path: Path, **changes: object) -> None:
         ({"retires": 3}, "retires", "Extra inputs are not permitted"),
     ],
 )
-def test_a_bad_remote_yaml_stops_the_start_naming_file_and_field(
+def test_a_bad_remote_yaml_makes_its_model_unavailable_naming_file_and_field(
     tmp_path: Path, logistic: Logistic, changes: dict[str, object], field: str, problem: str
 ) -> None:
     write_remote(tmp_path / "credit", logistic, free_port())
     edit(remote_yaml(tmp_path / "credit"), **changes)
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:  # the only model: the start fails
         asyncio.run(Service.start(server_settings(tmp_path)))
     assert raised.value.path == str(remote_yaml(tmp_path / "credit"))
     assert raised.value.field == field
     assert problem in raised.value.problem
+
+    write_torchscript_model(tmp_path / "tiny")  # beside a good model: that one loads
+    registry = ModelRegistry.load(tmp_path, [CPU], check_model)
+    assert registry.names() == ["tiny"]
+    broken = registry.unavailable["credit"]
+    assert (broken.path, broken.field) == (str(remote_yaml(tmp_path / "credit")), field)
+    with pytest.raises(ModelNotFound, match=field):
+        registry.get("credit")
 
 
 def test_a_remote_yaml_beside_a_model_file_is_refused(tmp_path: Path, logistic: Logistic) -> None:

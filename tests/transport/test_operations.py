@@ -38,7 +38,13 @@ def test_health_serves_overall_and_per_service(channel: grpc.Channel) -> None:
 def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
     database = ProtoReflectionDescriptorDatabase(channel)
     services = set(database.get_services())
-    assert {"sidelight.v1.Explainer", "grpc.health.v1.Health"} <= services
+    assert {
+        "sidelight.v1.Explainer",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    } <= services
+    infer = database.FindFileContainingSymbol("inference.ModelInferRequest")
+    assert infer.package == "inference"
     explain = database.FindFileContainingSymbol("sidelight.v1.ExplainRequest")
     assert explain.package == "sidelight.v1"
 

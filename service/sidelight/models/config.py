@@ -7,7 +7,7 @@ input:
   dtype: FP32
   range: [0.0, 1.0]                 # values outside are refused
 output: logits                      # or probabilities: what the model returns
-labels: ["0", "1", ...]             # one per output class
+labels: ["0", "1", ...]             # one per output class (a .mar: or its index_to_name.json)
 cam:                                # for the CAM family of methods
   layer: features                   # module whose output is the last spatial feature map
   classifier: fc                    # the linear layer after global average pooling (cam)
@@ -137,19 +137,35 @@ class ModelConfig(_Strict):
         return value
 
 
-def load_config(path: Path) -> ModelConfig:
-    """Parse and validate `path`; ConfigError names the file and the field at fault."""
+def load_config(
+    path: Path, *, text: str | None = None, class_names: tuple[str, list[str]] | None = None
+) -> ModelConfig:
+    """Parse and validate `path` (or `text`, read from `path` elsewhere, e.g. inside a model
+    archive); ConfigError names the file and the field at fault.
+
+    `class_names` is (where from, names), a model archive's index_to_name.json: the labels
+    when the config gives none, and a check of those it gives."""
     try:
-        raw: Any = yaml.safe_load(path.read_text())
+        raw: Any = yaml.safe_load(path.read_text() if text is None else text)
     except OSError as exc:
         raise ConfigError(str(path), None, f"cannot be read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), None, f"is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), None, "must be a mapping of fields")
+    if class_names is not None:
+        source, names = class_names
+        labels = raw.setdefault("labels", names)
+        if labels != names:
+            raise ConfigError(
+                str(path), "labels", f"{labels} disagree with {source}'s class names {names}"
+            )
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
-        raise ConfigError(str(path), field, first["msg"]) from exc
+        problem = first["msg"]
+        if field == "labels" and "labels" not in raw:
+            problem += " (give labels, or ship index_to_name.json in a .mar)"
+        raise ConfigError(str(path), field, problem) from exc

@@ -12,9 +12,11 @@ finish their job within the grace period or hand it back.
 
 Health: the empty service name is liveness (SERVING while the process can answer); the
 Explainer service's status is readiness: NOT_SERVING while shutting down, or while the job
-queue's Redis is unreachable (checked every second; it comes back on its own). Each remote
-model has a name of its own, `sidelight.remote.<model>` (sidelight.transport.remote_health): one
-endpoint down does not make the whole server NOT_SERVING.
+queue's Redis is unreachable (checked every second; it comes back on its own). The Open
+Inference Protocol's service (inference.GRPCInferenceService, same port, same data plane)
+reports the same readiness in ServerReady. Each remote model has a name of its own,
+`sidelight.remote.<model>` (sidelight.transport.remote_health): one endpoint down does not make
+the whole server NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -51,8 +53,13 @@ from sidelight.metrics import JobMetrics, Metrics, QueueCollector, RemoteCollect
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
 from sidelight.models.remote.module import remote_clients, remote_figures
+from sidelight.oip import grpc_service_pb2 as oip_pb2
+from sidelight.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.settings import ServerSettings
+from sidelight.transport.calls import Calls
+from sidelight.transport.oip_servicer import InferenceServicer
+from sidelight.transport.readiness import Readiness
 from sidelight.transport.remote_health import RemoteHealth
 from sidelight.transport.servicer import ExplainerServicer
 from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
@@ -61,6 +68,7 @@ log = logging.getLogger(__name__)
 
 READINESS_PERIOD_S = 1.0
 SERVICE_NAME = explainer_pb2.DESCRIPTOR.services_by_name["Explainer"].full_name
+OIP_SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass
@@ -76,7 +84,7 @@ class Service:
         registry: ModelRegistry,
         metrics: Metrics,
         server: grpc.aio.Server,
-        health_servicer: health_aio.HealthServicer,
+        readiness: Readiness,
         scheduler: Scheduler,
         executors: list[DeviceExecutor],
         endpoints: Endpoints,
@@ -91,7 +99,7 @@ class Service:
         self.metrics = metrics
         self.endpoints = endpoints
         self._server = server
-        self._health = health_servicer
+        self.readiness = readiness
         self.scheduler = scheduler
         self._executors = executors
         self._metrics_server = metrics_server
@@ -101,7 +109,7 @@ class Service:
         self._workers = workers
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
-        self._readiness: asyncio.Task[None] | None = None
+        self._readiness_watch: asyncio.Task[None] | None = None
         self._remote: RemoteHealth | None = None
         self._remote_probes: asyncio.Task[None] | None = None
 
@@ -193,15 +201,19 @@ class Service:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
-            ExplainerServicer(plane, metrics), server
-        )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        readiness = Readiness(health_servicer, (SERVICE_NAME, OIP_SERVICE_NAME))
+        calls = Calls(metrics, registry.names())
+        explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
+            ExplainerServicer(plane, calls), server
+        )
+        oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(plane, calls, readiness), server
+        )
         if settings.reflection:
-            reflection.enable_server_reflection(
-                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-            )
+            names = (SERVICE_NAME, OIP_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         if port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
@@ -218,14 +230,14 @@ class Service:
         for _worker, thread in workers:
             thread.start()
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await readiness.set(True)
         service = cls(
             settings,
             registry,
             metrics,
             server,
-            health_servicer,
+            readiness,
             scheduler,
             executors,
             Endpoints(port, metrics_port),
@@ -236,7 +248,7 @@ class Service:
             audit,
         )
         if settings.jobs.redis_url is not None:
-            service._readiness = asyncio.ensure_future(service._watch_readiness())
+            service._readiness_watch = asyncio.ensure_future(service._watch_readiness())
         if remote:
             service._remote = RemoteHealth(remote, health_servicer)
             service._remote_probes = asyncio.ensure_future(service._remote.run())
@@ -249,17 +261,12 @@ class Service:
             healthy = await asyncio.to_thread(self.jobs.healthy)
             if healthy != ready:
                 ready = healthy
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else (health_pb2.HealthCheckResponse.NOT_SERVING)
-                )
                 log.warning(
                     "job queue %s: readiness %s",
                     "back" if ready else "unreachable",
-                    health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+                    "SERVING" if ready else "NOT_SERVING",
                 )
-                await self._health.set(SERVICE_NAME, status)
+                await self.readiness.set(ready)
             await asyncio.sleep(READINESS_PERIOD_S)
 
     def install_signal_handlers(self) -> None:
@@ -285,11 +292,11 @@ class Service:
     async def _shutdown(self, grace: float | None) -> None:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("stopping: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
-        if self._readiness is not None:
-            self._readiness.cancel()
+        if self._readiness_watch is not None:
+            self._readiness_watch.cancel()
         if self._remote_probes is not None:
             self._remote_probes.cancel()
-        await self._health.enter_graceful_shutdown()
+        await self.readiness.stop()
         for worker, _thread in self._workers:
             worker.shutdown.set()  # stop claiming; the job in hand has the grace period
         await self._server.stop(grace)
@@ -362,6 +369,8 @@ def _publish_models(registry: ModelRegistry, metrics: Metrics) -> None:
                 entry.name, entry.version, replica.format.value, str(replica.device)
             ).set(1)
     metrics.models_loaded.set(count)
+    for name in registry.unavailable:
+        metrics.model_unavailable.labels(name).set(1)
 
 
 def _batch_observer(metrics: Metrics) -> Any:
