@@ -85,12 +85,13 @@ unit: $(INSTALLED)
 protos: $(INSTALLED)
 	$(BIN)/python protos/generate.py
 
-bench: $(DEMO)
+bench: $(DEMO) $(PEERS_INSTALLED)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/sync_throughput.py --repository $(REPOSITORY)
 	$(BIN)/python bench/job_throughput.py --repository $(REPOSITORY)
 	$(BIN)/python bench/sampling_overhead.py --repository $(REPOSITORY)
 	$(BIN)/python bench/audit_overhead.py --repository $(REPOSITORY)
+	$(BIN)/python bench/remote_throughput.py --model mlp
 
 clean:
 	rm -rf $(VENV) $(PEERS) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,5 +1,6 @@
 """Generate the Python stubs for protos/sidelight/**/*.proto into service/ (or another root):
-Sidelight's own contract (sidelight/v1) and the Open Inference Protocol it serves (sidelight/oip).
+Sidelight's own contract (sidelight/v1), the Open Inference Protocol it serves and calls
+(sidelight/oip) and TorchServe's gRPC inference API it calls (sidelight/torchserve).
 
 `make protos` runs this; tests/unit/test_protos.py runs it into a temporary folder and fails when
 the committed stubs differ, so that the stubs can never be stale against the .proto files.

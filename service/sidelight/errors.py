@@ -18,7 +18,8 @@
     ├── FailedPrecondition       the request is sound, but this model cannot serve it as
     │                            configured (a gradient method on a remote model)
     ├── Unavailable              the server is shutting down or a dependency is down
-    │   └── AuditUnavailable     the audit store cannot be reached or written
+    │   ├── AuditUnavailable     the audit store cannot be reached or written
+    │   └── RemoteModelError     a remote model's endpoint failed or answered wrongly
     ├── JobFailed                a job waited for within the call ended without a result
     │   └── JobCancelled         ... because CancelJob cancelled it
     └── ConfigError              a model repository entry is wrong (raised at start)
@@ -136,6 +137,20 @@ class Unavailable(SidelightError):
 class AuditUnavailable(Unavailable):
     """The audit store is down or refused the write. The message names the store by a URL
     with its password hidden."""
+
+
+class RemoteModelError(Unavailable):
+    """A remote model's endpoint (an Open Inference Protocol or TorchServe gRPC server) did
+    not answer, or answered something Sidelight cannot use, after the retries that were safe.
+    `status` is the endpoint's gRPC status name (UNAVAILABLE, DEADLINE_EXCEEDED, ...), or
+    BAD_RESPONSE when the call succeeded but its answer does not fit the model's config."""
+
+    def __init__(self, endpoint: str, model: str, status: str, detail: str) -> None:
+        super().__init__(f"remote model {model} at {endpoint}: {status}: {detail}")
+        self.endpoint = endpoint
+        self.model = model
+        self.status = status
+        self.detail = detail
 
 
 class JobFailed(SidelightError):

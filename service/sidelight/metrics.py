@@ -6,11 +6,17 @@ from what a client typed (unknown names are recorded as "unknown").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from sidelight.errors import Unavailable
@@ -263,3 +269,72 @@ class QueueCollector(Collector):
         for state, count in sorted(stats.jobs.items()):
             jobs.add_metric([state.value], count)
         yield jobs
+
+
+@dataclass(frozen=True)
+class RemoteFigures:
+    """What one remote model's client has seen of its endpoint since start (running totals)."""
+
+    endpoint: str  # host:port, from remote.yaml
+    model: str  # the Sidelight model name (the repository entry)
+    calls: Mapping[str, int]  # calls by outcome: OK, or the endpoint's gRPC status name
+    rows: int  # rows sent in calls that succeeded
+    latency_buckets: tuple[tuple[float, int], ...]  # (upper bound, calls at most that long)
+    latency_sum: float  # seconds, every call whatever its outcome
+    up: bool | None  # the last probe's or call's outcome; None before either
+
+
+class RemoteCollector(Collector):
+    """Remote models' endpoint figures, read from their clients at each scrape. Clients of the
+    same endpoint and model (one per device) are summed into one series."""
+
+    def __init__(self, figures: Callable[[], Iterable[RemoteFigures]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[tuple[str, str], list[RemoteFigures]] = {}
+        for figures in self._figures():
+            merged.setdefault((figures.endpoint, figures.model), []).append(figures)
+        calls = CounterMetricFamily(
+            "sidelight_remote_calls",
+            "Calls to a remote model's endpoint, by outcome: OK, or the endpoint's gRPC status "
+            "(UNAVAILABLE, DEADLINE_EXCEEDED, ...; BAD_RESPONSE: an answer that does not fit).",
+            labels=["endpoint", "model", "code"],
+        )
+        rows = CounterMetricFamily(
+            "sidelight_remote_rows",
+            "Rows a remote model's endpoint answered.",
+            labels=["endpoint", "model"],
+        )
+        latency = HistogramMetricFamily(
+            "sidelight_remote_call_duration_seconds",
+            "Time of one call to a remote model's endpoint (one attempt), whatever its outcome.",
+            labels=["endpoint", "model"],
+        )
+        up = GaugeMetricFamily(
+            "sidelight_remote_up",
+            "1 when a remote model's endpoint answered its last probe or call, 0 when it did not.",
+            labels=["endpoint", "model"],
+        )
+        for labels, group in sorted(merged.items()):
+            by_code: dict[str, int] = {}
+            for figures in group:
+                for code, count in figures.calls.items():
+                    by_code[code] = by_code.get(code, 0) + count
+            for code, count in sorted(by_code.items()):
+                calls.add_metric([*labels, code], count)
+            rows.add_metric(list(labels), sum(f.rows for f in group))
+            bounds = [bound for bound, _ in group[0].latency_buckets]
+            buckets = [
+                (_bucket_name(bound), sum(f.latency_buckets[i][1] for f in group))
+                for i, bound in enumerate(bounds)
+            ]
+            latency.add_metric(list(labels), buckets, sum(f.latency_sum for f in group))
+            states = [f.up for f in group if f.up is not None]
+            if states:
+                up.add_metric(list(labels), 1 if all(states) else 0)
+        yield from (calls, rows, latency, up)
+
+
+def _bucket_name(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -28,8 +28,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ServerThread, server_settings
+from conftest import ServerThread, server_settings, watch_job
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from sidelight.client import to_array
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 from torch import nn
@@ -382,3 +383,56 @@ def test_torchserve_grpc_predictions_carry_a_batch_of_rows(stack: Stack) -> None
         response = predictions(request, timeout=60)
     got = json.loads(response.prediction)["predictions"]
     np.testing.assert_allclose(got, probabilities(stack.model, rows), atol=1e-6)
+
+
+def test_a_remote_entry_explains_through_torchserve_as_the_archive_loaded_locally(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Sidelight's remote client against Sidelight's own handler: a second Sidelight server
+    whose `breast_cancer_remote` entry (protocol torchserve) sends its perturbed rows to the
+    TorchServe above, beside the very archive loaded locally. Four calls in flight fill
+    TorchServe's batch of 4, so no call waits out maxBatchDelay."""
+    repository = tmp_path / "repository"
+    (repository / "local" / "1").mkdir(parents=True)
+    (repository / "local" / "1" / "model.mar").symlink_to(stack.mar)
+    remote = repository / "breast_cancer_remote"
+    (remote / "1").mkdir(parents=True)
+    with zipfile.ZipFile(stack.mar) as opened:
+        config = yaml.safe_load(opened.read("config.yaml"))
+        (remote / "background.npy").write_bytes(opened.read("background.npy"))
+        (remote / "baseline_mean.npy").write_bytes(opened.read("baseline_mean.npy"))
+    # The handler answers probabilities (its predictions), whatever the model returns.
+    config.update(labels=list(NAMES.values()), output="probabilities")
+    config["methods"] = [m for m in config["methods"] if m in ("kernel_shap", "lime", "occlusion")]
+    (remote / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = {
+        "protocol": "torchserve",
+        "target": f"127.0.0.1:{stack.torchserve.grpc_inference_port}",
+        "model_name": "breast_cancer",
+        "batch_rows": 128,
+        "max_concurrency": BATCH,
+        "timeout_seconds": 60.0,
+    }
+    (remote / "1" / "remote.yaml").write_text(yaml.safe_dump(settings))
+    server = ServerThread(server_settings(repository))
+    try:
+        with server.channel() as channel:
+            stub = pb_grpc.ExplainerStub(channel)
+            rows = stack.rows[:2].astype(np.float32)
+            jobs = {}
+            for model in ("breast_cancer_remote", "local"):
+                request = pb.ExplainRequest(
+                    model=model,
+                    inputs=pb.Tensor(dtype="FP32", shape=[2, 30], data=rows.tobytes()),
+                    method="kernel_shap",
+                )
+                request.params.update({"n_samples": 32, "seed": 9})  # 2 x 32 x 32 rows: 4 calls
+                jobs[model] = watch_job(stub, stub.SubmitJob(request, timeout=30).job_id)
+    finally:
+        server.stop()
+    remote_job, local_job = jobs["breast_cancer_remote"], jobs["local"]
+    assert remote_job.state == local_job.state == pb.JobState.SUCCEEDED, remote_job.error
+    got = to_array(remote_job.result.attributions)
+    expected = to_array(local_job.result.attributions)
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)

@@ -43,6 +43,7 @@ def test_the_generator_covers_every_proto() -> None:
     generator = load_generator()
     assert generator.PROTO_FILES == [
         "sidelight/oip/grpc_service.proto",
+        "sidelight/torchserve/inference.proto",
         "sidelight/v1/explainer.proto",
     ]
     assert generator.PROTO_ROOT == PROTOS
@@ -55,6 +56,9 @@ def test_committed_stubs_are_what_the_protos_generate(tmp_path: Path) -> None:
         "sidelight/oip/grpc_service_pb2.py",
         "sidelight/oip/grpc_service_pb2.pyi",
         "sidelight/oip/grpc_service_pb2_grpc.py",
+        "sidelight/torchserve/inference_pb2.py",
+        "sidelight/torchserve/inference_pb2.pyi",
+        "sidelight/torchserve/inference_pb2_grpc.py",
         "sidelight/v1/explainer_pb2.py",
         "sidelight/v1/explainer_pb2.pyi",
         "sidelight/v1/explainer_pb2_grpc.py",

@@ -10,7 +10,9 @@ On SIGTERM the supervisor passes the signal on; each process stops claiming, let
 run for the grace period, then hands it back to the queue.
 
 Metrics: with one process, it serves /metrics itself; with several, they write to a
-prometheus_client multiprocess directory and the supervisor serves the sum.
+prometheus_client multiprocess directory and the supervisor serves the sum. The remote models'
+endpoint figures (sidelight_remote_*) are read from the process's clients at each scrape, so
+only a single process serves them; with several, the API server's figures cover its own calls.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
     from sidelight.jobs.runner import JobRunner
     from sidelight.jobs.worker import Worker, observe_outcomes
     from sidelight.methods.catalog import check_model
-    from sidelight.metrics import JobMetrics
+    from sidelight.metrics import JobMetrics, RemoteCollector
     from sidelight.models.registry import ModelRegistry
+    from sidelight.models.remote.module import remote_clients, remote_figures
 
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
@@ -60,6 +63,9 @@ def run_worker_process(settings: WorkerSettings, index: int, serve_metrics: bool
     queue = RedisJobQueue(settings.redis_url, settings.queue)
     metrics_registry = CollectorRegistry()
     metrics = JobMetrics(metrics_registry)
+    remote = remote_clients(replica for entry in registry for replica in entry.replicas)
+    if remote:  # read at each scrape: served by a single process only (see above)
+        metrics_registry.register(RemoteCollector(lambda: remote_figures(remote)))
     if serve_metrics and settings.metrics_port is not None:
         server, _thread = start_http_server(
             settings.metrics_port, addr=settings.host, registry=metrics_registry

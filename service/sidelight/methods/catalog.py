@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sidelight.errors import ConfigError, InvalidParams, MethodNotFound
+from sidelight.errors import ConfigError, FailedPrecondition, InvalidParams, MethodNotFound
 from sidelight.methods.base import Method, Params
 from sidelight.methods.cam import Cam
 from sidelight.methods.deeplift import DeepLift
@@ -56,7 +56,12 @@ METHODS: Mapping[str, AnyMethod] = _catalog()
 
 
 def method_for(model: Model, name: str, *, field: str = "method") -> AnyMethod:
-    """The method `name` if this model offers it; MethodNotFound (naming `field`) otherwise."""
+    """The method `name` if this model offers it; MethodNotFound (naming `field`) otherwise,
+    or FailedPrecondition for a method that a remote model can never run, whatever its config
+    lists: the request is sound, the model's configuration is what must change."""
+    method = METHODS.get(name)
+    if method is not None and model.format is ModelFormat.REMOTE and method.needs:
+        raise FailedPrecondition(field, _remote_refusal(model, method))
     if name not in model.config.methods:
         known = "" if name in METHODS else " (no such method)"
         raise MethodNotFound(
@@ -78,10 +83,28 @@ def parse_params(method: AnyMethod, raw: Mapping[str, Any]) -> Params:
         raise InvalidParams(field, f"{first['msg']} (method {method.name})") from exc
 
 
+def _remote_refusal(model: Model, method: AnyMethod) -> str:
+    needs = ", ".join(sorted(c.value for c in method.needs))
+    return (
+        f"{method.name} needs {needs} of the model, and model {model.name!r} version "
+        f"{model.version} is remote ({model.version}/remote.yaml): its endpoint answers forward "
+        "passes only. Explain it with a perturbation method (kernel_shap, exact_shapley, lime, "
+        "occlusion, rise), or add a model entry that loads the artifact the endpoint serves "
+        "locally: model.pt2 (torch.export), model.pt (TorchScript) or the TorchServe .mar"
+    )
+
+
 def _remedy(model: Model) -> str:
     if model.format is ModelFormat.ONNX:
-        return " (ONNX models run forward passes only: offer the perturbation methods, or "
-        "export the model with torch.export as model.pt2)"
+        return (
+            " (ONNX models run forward passes only: offer the perturbation methods, or "
+            "export the model with torch.export as model.pt2)"
+        )
+    if model.format is ModelFormat.REMOTE:
+        return (
+            " (remote models run forward passes only: offer the perturbation methods, and "
+            "explain the local artifact, model.pt2, model.pt or the .mar, for gradients)"
+        )
     if model.format is ModelFormat.TORCHSCRIPT:
         return " (export it with torch.export as model.pt2 and set cam.layer)"
     return " (set cam.layer, and cam.classifier for cam)"

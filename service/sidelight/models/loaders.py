@@ -1,11 +1,15 @@
 """Load one model version from its folder: TorchScript (`model.pt`), torch.export (`model.pt2`),
-ONNX (`model.onnx`, forward passes only) or a TorchServe archive (`model.mar`) holding one of
-the first two.
+ONNX (`model.onnx`, forward passes only), a TorchServe archive (`model.mar`) holding one of
+the first two, or a remote endpoint (`remote.yaml`, forward passes only, on another server).
 
 No pickle: TorchScript archives hold code and tensors, torch.export archives a serialized graph
 and weights read with `weights_only`, ONNX files a protobuf graph. The loaded module is checked
 with a forward pass on the device before it is offered (output shape against the labels, CAM
 layer shape).
+
+A remote model is not probed: Sidelight starts while its endpoint is down, and the endpoint may
+answer later. Its number of classes is config.yaml's labels; every answer is checked against
+them (sidelight.models.remote.client), and the server's health probe reports the endpoint.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from sidelight.models.mar import CONFIG, INDEX_TO_NAME, MarArchive
 from sidelight.models.model import Background, Baseline, Capability, Model, ModelFormat
 from sidelight.models.modularize import LAYER_MARKER, modularize
 from sidelight.models.onnx import OnnxModule
+from sidelight.models.remote.config import REMOTE_FILE, load_remote_config
+from sidelight.models.remote.module import open_remote
 
 MODEL_FILES = {
     "model.pt": ModelFormat.TORCHSCRIPT,
     "model.pt2": ModelFormat.TORCH_EXPORT,
     "model.onnx": ModelFormat.ONNX,
+    REMOTE_FILE: ModelFormat.REMOTE,
 }
 MAR_FILE = "model.mar"  # a TorchServe archive of a TorchScript or torch.export file
 
@@ -206,6 +213,8 @@ def _load_module(
 def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch.device) -> Model:
     """Load `model_dir/version`, check it against `config` with a forward pass on `device`."""
     path = _model_file(model_dir / version)
+    if path.name == REMOTE_FILE:
+        return _load_remote(model_dir, version, path, config, device)
     archive = MarArchive.open(path) if path.name == MAR_FILE else None
     files = _SideFiles(model_dir, archive)
     config_path = files.config()
@@ -267,6 +276,29 @@ def load_model(model_dir: Path, version: str, config: ModelConfig, device: torch
         num_classes=num_classes,
         file_digest=file_digest(path),  # a .mar: the archive's, the file TorchServe serves
         capabilities=frozenset(capabilities),
+        background=_background(files, config, device),
+    )
+
+
+def _load_remote(
+    model_dir: Path, version: str, path: Path, config: ModelConfig, device: torch.device
+) -> Model:
+    """A model served elsewhere: remote.yaml read and checked, no call made (see above)."""
+    remote = load_remote_config(path)
+    files = _SideFiles(model_dir, None)
+    return Model(
+        name=model_dir.name,
+        version=version,
+        config=config,
+        device=device,
+        format=ModelFormat.REMOTE,
+        module=open_remote(remote, model_dir.name, len(config.labels)),
+        layer=None,
+        classifier_weight=None,
+        baselines=_baselines(files, config, device),
+        num_classes=len(config.labels),
+        file_digest=file_digest(path),  # remote.yaml's: Sidelight never sees the weights
+        capabilities=frozenset(),
         background=_background(files, config, device),
     )
 

@@ -18,6 +18,7 @@ class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     TORCH_EXPORT = "torch_export"
     ONNX = "onnx"  # forward passes only (onnxruntime)
+    REMOTE = "remote"  # forward passes only, on another server (sidelight.models.remote)
 
 
 class Capability(StrEnum):
@@ -58,7 +59,7 @@ class Model:
     classifier_weight: torch.Tensor | None  # num_classes x channels, for CAM
     baselines: Mapping[str, Baseline]
     num_classes: int
-    file_digest: str  # sha256 of the model file
+    file_digest: str  # sha256 of the model file (of remote.yaml, for a remote model)
     capabilities: frozenset[Capability]
     background: Background | None = None
     # f(baseline) per baseline name, computed at first use: the same for every request.

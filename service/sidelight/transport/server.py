@@ -14,7 +14,9 @@ Health: the empty service name is liveness (SERVING while the process can answer
 Explainer service's status is readiness: NOT_SERVING while shutting down, or while the job
 queue's Redis is unreachable (checked every second; it comes back on its own). The Open
 Inference Protocol's service (inference.GRPCInferenceService, same port, same data plane)
-reports the same readiness in ServerReady.
+reports the same readiness in ServerReady. Each remote model has a name of its own,
+`sidelight.remote.<model>` (sidelight.transport.remote_health): one endpoint down does not make
+the whole server NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ from sidelight.jobs.runner import JobRunner
 from sidelight.jobs.worker import Worker, observe_outcomes
 from sidelight.memory import retain_freed_memory
 from sidelight.methods.catalog import check_model
-from sidelight.metrics import JobMetrics, Metrics, QueueCollector
+from sidelight.metrics import JobMetrics, Metrics, QueueCollector, RemoteCollector
 from sidelight.models.model import Model
 from sidelight.models.registry import ModelRegistry
+from sidelight.models.remote.module import remote_clients, remote_figures
 from sidelight.oip import grpc_service_pb2 as oip_pb2
 from sidelight.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from sidelight.quality.sampler import FaithfulnessSampler
@@ -57,6 +60,7 @@ from sidelight.settings import ServerSettings
 from sidelight.transport.calls import Calls
 from sidelight.transport.oip_servicer import InferenceServicer
 from sidelight.transport.readiness import Readiness
+from sidelight.transport.remote_health import RemoteHealth
 from sidelight.transport.servicer import ExplainerServicer
 from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
 
@@ -106,6 +110,8 @@ class Service:
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
         self._readiness_watch: asyncio.Task[None] | None = None
+        self._remote: RemoteHealth | None = None
+        self._remote_probes: asyncio.Task[None] | None = None
 
     @property
     def executors(self) -> tuple[DeviceExecutor, ...]:
@@ -122,6 +128,9 @@ class Service:
         registry = ModelRegistry.load(settings.model_repository, devices, check_model)
         metrics = Metrics(CollectorRegistry())
         _publish_models(registry, metrics)
+        remote = remote_clients(replica for entry in registry for replica in entry.replicas)
+        if remote:
+            metrics.registry.register(RemoteCollector(lambda: remote_figures(remote)))
 
         scheduler = Scheduler(
             settings.batching,
@@ -240,6 +249,9 @@ class Service:
         )
         if settings.jobs.redis_url is not None:
             service._readiness_watch = asyncio.ensure_future(service._watch_readiness())
+        if remote:
+            service._remote = RemoteHealth(remote, health_servicer)
+            service._remote_probes = asyncio.ensure_future(service._remote.run())
         return service
 
     async def _watch_readiness(self) -> None:
@@ -282,6 +294,8 @@ class Service:
         log.info("stopping: health NOT_SERVING, %.1fs grace for in-flight calls", grace)
         if self._readiness_watch is not None:
             self._readiness_watch.cancel()
+        if self._remote_probes is not None:
+            self._remote_probes.cancel()
         await self.readiness.stop()
         for worker, _thread in self._workers:
             worker.shutdown.set()  # stop claiming; the job in hand has the grace period
@@ -293,6 +307,8 @@ class Service:
             await asyncio.to_thread(thread.join, grace + 5)
         if self.sampler is not None:
             await asyncio.to_thread(self.sampler.close, grace)
+        if self._remote is not None:  # after every thread that calls the remote models
+            self._remote.close()
         self.jobs.close()
         if self.audit is not None:  # after the workers: their records are written first
             await asyncio.to_thread(self.audit.close)

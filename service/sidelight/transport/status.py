@@ -23,6 +23,9 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # A remote model's endpoint failed: UNAVAILABLE whatever the endpoint's own code was (the
+    # caller's request was sound; the message carries the endpoint's status).
+    errors.RemoteModelError: grpc.StatusCode.UNAVAILABLE,
     # The job's error is data the client may read anyway (GetJob): passed on, not hidden.
     errors.JobFailed: grpc.StatusCode.INTERNAL,
     errors.JobCancelled: grpc.StatusCode.ABORTED,
