@@ -1,8 +1,9 @@
 """A kernel_shap job on a remote model (served by MLServer over the Open Inference Protocol)
 against the same job on the same model loaded locally, side by side in one run.
 
-    .venv/bin/python bench/remote_throughput.py [--model logistic|mlp] [--instances 32]
-        [--samples 1024] [--rounds 3] [--rows 64,256,1024,4096,16384] [--concurrency 1]
+    .venv/bin/python bench/remote_throughput.py [--model logistic|mlp] [--hidden 64,64]
+        [--instances 32] [--samples 1024] [--rounds 3] [--rows 64,256,1024,4096,16384]
+        [--concurrency 1]
 
 The model, on 8 standardized breast_cancer features, trained by .venv-peers' Python
 (tests/models/peer_train.py): scikit-learn's LogisticRegression (a dot product per row: the
@@ -61,6 +62,7 @@ SERVED = "cancer"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("logistic", "mlp"), default="logistic")
+    parser.add_argument("--hidden", default="64,64", help="the MLP's hidden layer widths")
     parser.add_argument("--instances", type=int, default=32)
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     torch.set_num_threads(1)  # the other core is MLServer's
 
-    figures = _train(work / "trained", args.model)
+    figures = _train(work / "trained", args.model, args.hidden)
     mlserver = _MlServer(work / "mlserver", work / "trained" / "model.joblib")
     server = None
     try:
@@ -117,9 +119,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _train(folder: Path, kind: str) -> dict[str, Any]:
+def _train(folder: Path, kind: str, hidden: str) -> dict[str, Any]:
     folder.mkdir(parents=True)
-    command = [str(PEERS / "python"), str(TRAIN), str(folder), kind]
+    command = [str(PEERS / "python"), str(TRAIN), str(folder), kind, hidden]
     subprocess.run(command, check=True, timeout=600)
     figures: dict[str, Any] = json.loads((folder / "model.json").read_text())
     return figures
@@ -326,7 +328,7 @@ def _report(runs: dict[str, list[dict[str, float]]], sweep: list[int], args: Any
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "torch_threads": torch.get_num_threads(),
-        "model": args.model,
+        "model": args.model if args.model == "logistic" else f"mlp {args.hidden}",
         "instances": args.instances,
         "samples": args.samples,
         "rounds": args.rounds,
