@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -37,6 +37,8 @@ from pydantic import (
 )
 
 from sidelight.errors import ConfigError
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
 class Task(StrEnum):
@@ -145,6 +147,21 @@ def load_config(
 
     `class_names` is (where from, names), a model archive's index_to_name.json: the labels
     when the config gives none, and a check of those it gives."""
+    raw = read_mapping(path, text=text)
+    if class_names is not None:
+        source, names = class_names
+        labels = raw.setdefault("labels", names)
+        if labels != names:
+            raise ConfigError(
+                str(path), "labels", f"{labels} disagree with {source}'s class names {names}"
+            )
+    hint = "" if "labels" in raw else " (give labels, or ship index_to_name.json in a .mar)"
+    return validated(ModelConfig, raw, path, hints={"labels": hint})
+
+
+def read_mapping(path: Path, *, text: str | None = None) -> dict[str, Any]:
+    """The YAML mapping in `path` (or `text`, read from it elsewhere); ConfigError names the
+    file when it cannot be read, is not YAML or is not a mapping."""
     try:
         raw: Any = yaml.safe_load(path.read_text() if text is None else text)
     except OSError as exc:
@@ -153,19 +170,18 @@ def load_config(
         raise ConfigError(str(path), None, f"is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(str(path), None, "must be a mapping of fields")
-    if class_names is not None:
-        source, names = class_names
-        labels = raw.setdefault("labels", names)
-        if labels != names:
-            raise ConfigError(
-                str(path), "labels", f"{labels} disagree with {source}'s class names {names}"
-            )
+    return raw
+
+
+def validated(
+    schema: type[Schema], raw: dict[str, Any], path: Path, *, hints: dict[str, str] | None = None
+) -> Schema:
+    """`raw` as `schema`; ConfigError names the file and the first field at fault (with the
+    hint for that field, if any)."""
     try:
-        return ModelConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
-        problem = first["msg"]
-        if field == "labels" and "labels" not in raw:
-            problem += " (give labels, or ship index_to_name.json in a .mar)"
+        problem = first["msg"] + (hints or {}).get(field or "", "")
         raise ConfigError(str(path), field, problem) from exc

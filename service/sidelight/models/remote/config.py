@@ -17,12 +17,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sidelight.errors import ConfigError
+from sidelight.models.config import read_mapping, validated
 
 REMOTE_FILE = "remote.yaml"
 
@@ -57,17 +55,4 @@ class RemoteConfig(BaseModel):
 
 def load_remote_config(path: Path) -> RemoteConfig:
     """Parse and validate `path`; ConfigError names the file and the field at fault."""
-    try:
-        raw: Any = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), None, f"cannot be read ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), None, f"is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), None, "must be a mapping of fields")
-    try:
-        return RemoteConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
-        raise ConfigError(str(path), field, first["msg"]) from exc
+    return validated(RemoteConfig, read_mapping(path), path)
