@@ -56,6 +56,7 @@ from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_para
 from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model, PrivateModels
 from sidelight.models.registry import ModelRegistry, ModelVersion
+from sidelight.models.remote.module import remote_client
 from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
@@ -242,6 +243,16 @@ class DataPlane:
                 )
             )
         return summaries
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the model can serve now: False for a model that failed to load (it is
+        known, with its error) and for a remote model whose endpoint's last probe or call
+        failed; ModelNotFound / VersionNotFound for what the repository does not hold."""
+        if name in self._registry.unavailable:
+            return False
+        entry = self._registry.get(name, version)
+        clients = (remote_client(replica) for replica in entry.replicas)
+        return all(client.stats.up is not False for client in clients if client is not None)
 
     def describe_model(self, name: str, version: str = "") -> ModelDescription:
         """ModelNotFound / VersionNotFound for what is not loaded."""

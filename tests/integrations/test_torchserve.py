@@ -31,6 +31,8 @@ import yaml
 from conftest import ServerThread, server_settings, watch_job
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from sidelight.client import to_array
+from sidelight.oip import grpc_service_pb2 as oip
+from sidelight.oip import grpc_service_pb2_grpc as oip_grpc
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 from torch import nn
@@ -205,8 +207,16 @@ def test_sidelight_loads_the_archive_torchserve_serves(stack: Stack) -> None:
         request = pb.PredictRequest(model="eager")
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(request, timeout=10)
+        # The Open Inference Protocol knows the model and says it is not ready, as Triton does
+        # for a model that failed to load.
+        inference = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        ready = {
+            name: inference.ModelReady(oip.ModelReadyRequest(name=name), timeout=10).ready
+            for name in ("eager", "breast_cancer")
+        }
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     assert "eager model (net.py" in raised.value.details()
+    assert ready == {"eager": False, "breast_cancer": True}
 
 
 def test_predictions_of_a_batch_of_requests(stack: Stack) -> None:

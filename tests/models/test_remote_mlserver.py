@@ -32,6 +32,8 @@ from remote_support import (
     write_remote,
 )
 from sidelight.client import explain_request, to_array
+from sidelight.oip import grpc_service_pb2 as oip
+from sidelight.oip import grpc_service_pb2_grpc as oip_grpc
 from sidelight.settings import JobSettings
 from sidelight.transport import codec
 from sidelight.v1 import explainer_pb2 as pb
@@ -117,6 +119,13 @@ def health(sidelight: ServerThread, service: str) -> int:
             return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
         except grpc.RpcError:
             return -1
+
+
+def model_ready(sidelight: ServerThread, model: str) -> bool:
+    """Open Inference Protocol ModelReady, as Triton's and KServe's clients ask it."""
+    with sidelight.channel() as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        return bool(stub.ModelReady(oip.ModelReadyRequest(name=model), timeout=5).ready)
 
 
 def test_predict_on_the_remote_model_equals_the_local_model_and_numpy(
@@ -244,6 +253,8 @@ def test_mlserver_stopped_mid_job_fails_the_job_with_the_endpoint_error_then_rec
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     wait_until(lambda: health(sidelight, f"sidelight.remote.{REMOTE}") == not_serving, 10, "down")
     assert health(sidelight, "sidelight.v1.Explainer") == health_pb2.HealthCheckResponse.SERVING
+    assert not model_ready(sidelight, REMOTE)
+    assert model_ready(sidelight, LOCAL)
     with pytest.raises(grpc.RpcError) as raised:
         predict(stub, REMOTE, rows)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -258,6 +269,7 @@ def test_mlserver_stopped_mid_job_fails_the_job_with_the_endpoint_error_then_rec
     mlserver.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     wait_until(lambda: health(sidelight, f"sidelight.remote.{REMOTE}") == serving, 20, "back")
+    assert model_ready(sidelight, REMOTE)
     np.testing.assert_allclose(
         predict(stub, REMOTE, rows), logistic.probabilities(rows), rtol=0, atol=1e-7
     )

@@ -6,7 +6,9 @@ Triton's and KServe's clients work unchanged: ModelInfer predicts, and explains 
 shared `Calls` (timed, counted, errors mapped by the one table); errors name the protocol's
 fields. Unknown models, versions and methods are NOT_FOUND on every call, ModelReady included
 (Triton answers ModelReady of a model it does not know with an error too, which tritonclient
-raises); a version that is not a number is INVALID_ARGUMENT, as in Triton.
+raises); a version that is not a number is INVALID_ARGUMENT, as in Triton. ModelReady is false
+for a model that failed to load (as Triton's UNAVAILABLE state) and for a remote model whose
+endpoint is down, and false for every model while the server is not ready.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self, request: oip.ModelReadyRequest, context: Context
     ) -> oip.ModelReadyResponse:
         async def answer() -> oip.ModelReadyResponse:
-            self._describe(request.name, request.version)
-            return oip.ModelReadyResponse(ready=self._readiness.ready)
+            oip_codec.model_version(request.version, "version")
+            with renaming(lookup_field):
+                ready = self._plane.model_ready(request.name, request.version)
+            return oip.ModelReadyResponse(ready=ready and self._readiness.ready)
 
         return await self._calls.answer("ModelReady", request.name, "", context, answer)
 
