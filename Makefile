@@ -91,7 +91,8 @@ bench: $(DEMO) $(PEERS_INSTALLED)
 	$(BIN)/python bench/job_throughput.py --repository $(REPOSITORY)
 	$(BIN)/python bench/sampling_overhead.py --repository $(REPOSITORY)
 	$(BIN)/python bench/audit_overhead.py --repository $(REPOSITORY)
-	$(BIN)/python bench/remote_throughput.py --model mlp
+	$(BIN)/python bench/remote_throughput.py --model mlp --hidden 256,256 --instances 128
+	$(BIN)/python bench/remote_throughput.py --model mlp --hidden 64,64 --instances 128
 
 clean:
 	rm -rf $(VENV) $(PEERS) var .mypy_cache .ruff_cache .pytest_cache

@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import socket
 import statistics
@@ -55,6 +56,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEERS = ROOT / ".venv-peers" / "bin"
 TRAIN = ROOT / "tests" / "models" / "peer_train.py"
+# One core each: Sidelight's torch (set_num_threads(1) in main) and MLServer's BLAS, which
+# would otherwise take both cores and beat the local model on wide layers for that alone.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 LOCAL = "cancer_local"
 SERVED = "cancer"
 
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         filename=log_file, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
-    torch.set_num_threads(1)  # the other core is MLServer's
+    torch.set_num_threads(1)  # the other core is MLServer's (ONE_THREAD)
 
     figures = _train(work / "trained", args.model, args.hidden)
     mlserver = _MlServer(work / "mlserver", work / "trained" / "model.joblib")
@@ -219,6 +223,7 @@ class _MlServer:
                 cwd=folder,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **ONE_THREAD},
             )
         self._wait_ready(120)
 
