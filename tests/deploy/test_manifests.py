@@ -3,6 +3,7 @@ policies hold; each check is also run on a broken copy and must name the object 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import json
@@ -25,6 +26,7 @@ from manifest_checks import (
     render,
     schema_problems,
 )
+from sidelight import cli
 from sidelight.jobs.redis_queue import GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -503,3 +505,63 @@ def test_metric_check_catches_an_unknown_name() -> None:
     assert problems == [
         "PrometheusRule/x: sidelight_job_oldest_age_seconds: no such metric in service/sidelight"
     ]
+
+
+# --- the configuration and arguments are the CLI's -------------------------------------------
+
+
+def _flags(*command: str) -> set[str]:
+    """The long flags of `sidelight COMMAND...`, as the CLI's parser declares them."""
+    parser: argparse.ArgumentParser = cli._parser()
+    for word in command:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+
+
+def config_problems(objs: list[Obj]) -> list[str]:
+    """Every key of the configuration files is a long flag of its command (underscores for
+    dashes), and every `--flag` a container passes exists."""
+    problems = []
+    config_map = next(o for o in objs if o["metadata"]["name"].startswith("sidelight-config"))
+    for key, command in (("serve.yaml", "serve"), ("worker.yaml", "worker")):
+        flags = _flags(command)
+        for name in yaml.safe_load(config_map["data"][key]):
+            if "--" + name.replace("_", "-") not in flags:
+                problems.append(f"{name_of(config_map)}: data.{key}.{name}: no --{name} flag")
+    for obj, base, template in pod_templates(objs):
+        for label, spec in (
+            (label, c)
+            for group in ("initContainers", "containers")
+            for label, c in (
+                (f"{group}[{c['name']}]", c) for c in template["spec"].get(group) or []
+            )
+        ):
+            if not str(spec.get("image", "")).startswith("sidelight:"):
+                continue
+            args = [str(a) for a in spec.get("args") or []]
+            words = [a for a in args[:2] if not a.startswith("-")]
+            flags = _flags(*words)
+            for arg in args:
+                if arg.startswith("--") and arg.split("=", 1)[0] not in flags:
+                    problems.append(
+                        f"{name_of(obj)}: {base}.spec.{label}.args: `sidelight "
+                        f"{' '.join(words)}` has no {arg.split('=', 1)[0]}"
+                    )
+    return problems
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_configuration_and_arguments_are_the_clis(target: str) -> None:
+    objs = objects(target) + objects("jobs")
+    assert config_problems(objs) == []
+
+
+def test_configuration_check_catches_a_wrong_key() -> None:
+    objs = objects("overlays/dev")
+    config_map = next(o for o in objs if o["metadata"]["name"].startswith("sidelight-config"))
+    config_map["data"]["worker.yaml"] += "max_batch_size: 8\n"  # a serve flag, not a worker's
+    container(find(objs, "CronJob", "sidelight-audit-verify"), "verify")["args"].append("--fix")
+    problems = config_problems(objs)
+    assert any("data.worker.yaml.max_batch_size: no --max_batch_size" in p for p in problems)
+    assert any("CronJob/sidelight-audit-verify" in p and "has no --fix" in p for p in problems)
