@@ -7,6 +7,7 @@ import argparse
 import copy
 import functools
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -565,3 +566,37 @@ def test_configuration_check_catches_a_wrong_key() -> None:
     problems = config_problems(objs)
     assert any("data.worker.yaml.max_batch_size: no --max_batch_size" in p for p in problems)
     assert any("CronJob/sidelight-audit-verify" in p and "has no --fix" in p for p in problems)
+
+
+# --- the variants docs/deploy.md tells users to make -----------------------------------------
+
+
+def _variant(tmp_path: Path, resource: str, components: list[str]) -> list[Obj]:
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "sidelight",
+                # kustomize takes relative paths only
+                "resources": [os.path.relpath(DEPLOY / resource, tmp_path)],
+                "components": [os.path.relpath(DEPLOY / c, tmp_path) for c in components],
+            }
+        )
+    )
+    return render(tmp_path)
+
+
+def test_production_scaled_to_zero(tmp_path: Path) -> None:
+    objs = _variant(tmp_path, "overlays/production", ["components/keda-scale-to-zero"])
+    assert find(objs, "ScaledObject", "sidelight-worker")["spec"]["minReplicaCount"] == 0
+    assert schema_problems(objs) == []
+
+
+def test_dev_with_keda_and_monitoring(tmp_path: Path) -> None:
+    objs = _variant(tmp_path, "overlays/dev", ["components/keda", "observability"])
+    assert schema_problems(objs) == []
+    assert all(check(objs) == [] for check in POLICY_CHECKS.values())
+    dashboard = find(objs, "ConfigMap", "sidelight-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "sidelight"
