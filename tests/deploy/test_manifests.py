@@ -74,6 +74,25 @@ def test_render_failure_names_the_file(tmp_path: Path) -> None:
         render(tmp_path / "deploy/overlays/dev")
 
 
+def test_a_broken_file_is_named_from_disk_to_report(tmp_path: Path) -> None:
+    """The whole path on a broken copy of deploy/: a misspelt field in base/api.yaml and a
+    root container in base/worker.yaml, rendered through the dev overlay."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    api = tmp_path / "deploy/base/api.yaml"
+    api.write_text(api.read_text().replace("terminationGracePeriodSeconds:", "terminationGrace:"))
+    worker = tmp_path / "deploy/base/worker.yaml"
+    worker.write_text(worker.read_text().replace("runAsUser: 10001", "runAsUser: 0"))
+    objs = render(tmp_path / "deploy/overlays/dev")
+    assert any(
+        p.startswith("Deployment/sidelight-api: spec.template.spec:") and "terminationGrace" in p
+        for p in schema_problems(objs)
+    )
+    assert (
+        "Deployment/sidelight-worker: spec.template.spec.containers[sidelight].securityContext"
+        ".runAsUser: must not be 0 (root)"
+    ) in POLICY_CHECKS["security"](objs)
+
+
 def test_the_overlays_hold_what_they_promise() -> None:
     dev, production = objects("overlays/dev"), objects("overlays/production")
     assert {o["kind"] for o in dev} >= {"StatefulSet", "Deployment", "CronJob", "NetworkPolicy"}
