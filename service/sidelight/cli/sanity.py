@@ -39,6 +39,7 @@ def add_commands(commands: Any) -> None:
         default="",
         help="run as a job through this server's queue (host:port) instead of in this process",
     )
+    sanity.set_defaults(run=_sanity)
 
 
 def _sanity(args: argparse.Namespace) -> int:
