@@ -75,8 +75,10 @@ CMD ["serve"]
 # ---- demo: the runtime with the demo model repository in /models, for trying it out ---------
 FROM runtime AS demo
 USER 0:0
-RUN sidelight models build-demo --out /models --samples /models/samples --only digits --only breast_cancer \
-    && chmod -R a+rX /models
+# The sample inputs of the README lie beside, not in the repository (a folder there is a model).
+RUN sidelight models build-demo --out /models --samples /usr/share/sidelight/samples \
+        --only digits --only breast_cancer \
+    && chmod -R a+rX /models /usr/share/sidelight
 USER 10001:10001
 
 # The default target: the runtime image without models.
