@@ -14,7 +14,23 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 METRICS_PORT ?= 9095
 
-.PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql java peers
+.PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql java peers \
+	podman image image-demo image-test
+
+# The container image (Dockerfile). Here no registry can be reached: the base is Debian 12 made
+# by debootstrap (tests/image/make-base.sh, kept once made), and pip in the build gets this
+# machine's CA bundle, pip configuration and wheel folder (torch's CPU wheel), mounted
+# read-only. Elsewhere: `docker build -t sidelight:0.1.0 .` with the public defaults.
+IMAGE ?= sidelight:0.1.0
+BASE_IMAGE ?= localhost/sidelight-base:bookworm
+WHEELS ?= /opt/wheels
+PIP_MOUNTS := $(foreach f,/etc/ssl/certs/ca-certificates.crt /etc/pip.conf /etc/xdg/pip $(WHEELS),\
+	$(if $(wildcard $(f)),-v $(f):$(f):ro))
+IMAGE_BUILD_ARGS ?= --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX= \
+	$(if $(wildcard $(WHEELS)),--build-arg PIP_FIND_LINKS=$(WHEELS))
+# podman 4.3 on this kernel: runc (crun fails), cgroupfs, no rlimits, the host network.
+PODMAN := CONTAINERS_CONF=$(CURDIR)/tests/image/containers.conf podman --cgroup-manager cgroupfs
+PODMAN_BUILD := $(PODMAN) build --runtime runc --network host $(PIP_MOUNTS) $(IMAGE_BUILD_ARGS)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +91,7 @@ browser:
 lint: $(INSTALLED)
 	$(BIN)/ruff check service handlers tests bench protos
 	$(BIN)/ruff format --check service handlers tests bench protos
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy
@@ -93,6 +110,26 @@ bench: $(DEMO) $(PEERS_INSTALLED)
 	$(BIN)/python bench/audit_overhead.py --repository $(REPOSITORY)
 	$(BIN)/python bench/remote_throughput.py --model mlp --hidden 256,256 --instances 128
 	$(BIN)/python bench/remote_throughput.py --model mlp --hidden 64,64 --instances 128
+
+# Debian's podman, runc and debootstrap, installed if missing.
+podman:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
+		echo "podman missing: installing Debian's podman, runc and debootstrap"; \
+		SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq podman runc debootstrap; }
+
+image: podman
+	tests/image/make-base.sh $(BASE_IMAGE)
+	$(PODMAN_BUILD) --target runtime -t $(IMAGE) .
+
+# The image with the demo models in /models, to try it out.
+image-demo: podman
+	tests/image/make-base.sh $(BASE_IMAGE)
+	$(PODMAN_BUILD) --target demo -t $(IMAGE)-demo .
+
+# After `make test` in CI: the image built and run for real (tests/image).
+image-test: image $(DEMO)
+	SIDELIGHT_IMAGE=$(IMAGE) $(BIN)/pytest -m image tests/image
 
 clean:
 	rm -rf $(VENV) $(PEERS) var .mypy_cache .ruff_cache .pytest_cache

@@ -153,7 +153,9 @@ def _spec_path(base: str) -> str:
 
 
 def security_problems(objects: list[Obj]) -> list[str]:
-    """Every pod: no service account token; every container: non-root, read-only root, no
+    """Every pod: no service account token; a pod running Sidelight, no service links (a Service
+    named sidelight would inject SIDELIGHT_PORT=tcp://..., which the server reads as its
+    option); every container: non-root, read-only root, no
     privilege escalation, all capabilities dropped, seccomp RuntimeDefault, requests and
     limits of CPU and memory."""
     problems: list[str] = []
@@ -162,6 +164,11 @@ def security_problems(objects: list[Obj]) -> list[str]:
         where = _spec_path(base)
         if spec.get("automountServiceAccountToken") is not False:
             problems.append(f"{name_of(obj)}: {where}.automountServiceAccountToken: must be false")
+        runs_sidelight = any(
+            str(c.get("image", "")).startswith("sidelight:") for _, c in _containers(spec)
+        )
+        if runs_sidelight and spec.get("enableServiceLinks") is not False:
+            problems.append(f"{name_of(obj)}: {where}.enableServiceLinks: must be false")
         pod_security = spec.get("securityContext") or {}
         for label, container in _containers(spec):
             at = f"{name_of(obj)}: {where}.{label}"

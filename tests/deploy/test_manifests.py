@@ -27,7 +27,7 @@ from manifest_checks import (
     render,
     schema_problems,
 )
-from sidelight import cli
+from sidelight.cli.main import build_parser
 from sidelight.jobs.redis_queue import GROUP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,6 +252,12 @@ POLICY_BREAKS: list[tuple[str, str, Callable[[list[Obj]], None], str]] = [
             automountServiceAccountToken=True
         ),
         "Deployment/sidelight-api: spec.template.spec.automountServiceAccountToken",
+    ),
+    (
+        "security",
+        "service links",
+        lambda objs: _api(objs)["spec"]["template"]["spec"].pop("enableServiceLinks"),
+        "Deployment/sidelight-api: spec.template.spec.enableServiceLinks: must be false",
     ),
     (
         "security",
@@ -532,7 +538,7 @@ def test_metric_check_catches_an_unknown_name() -> None:
 
 def _flags(*command: str) -> set[str]:
     """The long flags of `sidelight COMMAND...`, as the CLI's parser declares them."""
-    parser: argparse.ArgumentParser = cli._parser()
+    parser: argparse.ArgumentParser = build_parser()
     for word in command:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
