@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from inprocess import InProcessServer
+from sidelight.settings import JobSettings, ServerSettings
 
 HERE = Path(__file__).parent
 
@@ -66,7 +68,14 @@ def main() -> int:
         "repeats": args.repeats,
         "methods": {},
     }
-    server = _Server(args.repository)
+    server = InProcessServer(
+        ServerSettings(
+            model_repository=args.repository,
+            port=0,
+            metrics_port=None,
+            jobs=JobSettings(embedded_workers=1),
+        )
+    )
     try:
         for method in ("kernel_shap", "lime"):
             runs: dict[str, Callable[[], np.ndarray]] = {
@@ -113,7 +122,6 @@ def _sidelight(model: Any, method: str, rows: np.ndarray, samples: int) -> np.nd
     from sidelight.jobs.runner import rows_per_call
     from sidelight.methods.base import Batch
     from sidelight.methods.catalog import METHODS, parse_params
-    from sidelight.settings import JobSettings
 
     params = parse_params(METHODS[method], {"n_samples": samples, "seed": 1})
     n = rows.shape[0]
@@ -172,52 +180,10 @@ def _reference(model: Any, method: str, rows: np.ndarray, samples: int) -> np.nd
     return np.stack(found)
 
 
-class _Server:
-    def __init__(self, repository: Path) -> None:
-        import asyncio
-        import threading
-
-        from sidelight.settings import JobSettings, ServerSettings
-        from sidelight.transport.server import Service
-
-        settings = ServerSettings(
-            model_repository=repository,
-            port=0,
-            metrics_port=None,
-            jobs=JobSettings(embedded_workers=1),
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(Service.start(settings), self.loop)
-        self.service = future.result(120)
-        from sidelight.client import Client
-
-        self.client = Client(f"127.0.0.1:{self.service.endpoints.grpc_port}", timeout=600)
-
-    def stop(self) -> None:
-        import asyncio
-
-        self.client.close()
-        asyncio.run_coroutine_threadsafe(self.service.stop(1.0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def _job(server: _Server, method: str, rows: np.ndarray, samples: int) -> np.ndarray:
+def _job(server: InProcessServer, method: str, rows: np.ndarray, samples: int) -> np.ndarray:
     from sidelight.client import to_array
 
-    job = server.client.submit_job(
-        "breast_cancer",
-        rows,
-        method,
-        targets=[1],
-        params={"n_samples": samples, "seed": 1},
-    )
-    for update in server.client.watch_job(job.job_id):
-        job = update
-    if not job.HasField("result"):
-        raise RuntimeError(f"job {job.job_id} ended without a result: {job.error}")
+    job = server.finished_job("breast_cancer", rows, method, n_samples=samples, seed=1)
     return to_array(job.result.attributions).astype(np.float64)
 
 

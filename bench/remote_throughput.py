@@ -28,7 +28,6 @@ beside it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -50,6 +48,7 @@ import grpc
 import numpy as np
 import torch
 import yaml
+from inprocess import InProcessServer
 from torch import nn
 
 BENCH = Path(__file__).resolve().parent
@@ -251,13 +250,12 @@ class _MlServer:
         self.process.wait(30)
 
 
-class _Server:
-    """Sidelight in this process, on a free port, with one embedded job worker."""
+class _Server(InProcessServer):
+    """Sidelight in this process, with one embedded job worker, no audit log and no sampling:
+    the job's own figures, and the remote client's time waiting for the endpoint."""
 
     def __init__(self, repository: Path) -> None:
-        from sidelight.client import Client
         from sidelight.settings import JobSettings, ServerSettings
-        from sidelight.transport.server import Service
 
         settings = ServerSettings(
             model_repository=repository,
@@ -266,13 +264,7 @@ class _Server:
             faithfulness_sample=0.0,
             jobs=JobSettings(embedded_workers=1),
         )
-        settings = replace(settings, audit=replace(settings.audit, mode="off"))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(Service.start(settings), self.loop)
-        self.service = future.result(120)
-        self.client = Client(f"127.0.0.1:{self.service.endpoints.grpc_port}", timeout=600)
+        super().__init__(replace(settings, audit=replace(settings.audit, mode="off")))
 
     def remote_seconds(self, name: str) -> float:
         from sidelight.models.remote.module import remote_client
@@ -283,25 +275,13 @@ class _Server:
     def job(self, name: str, rows: np.ndarray, samples: int) -> dict[str, float]:
         waited = self.remote_seconds(name)
         started = time.perf_counter()
-        job = self.client.submit_job(
-            name, rows, "kernel_shap", targets=[1], params={"n_samples": samples, "seed": 1}
-        )
-        for update in self.client.watch_job(job.job_id):
-            job = update
+        job = self.finished_job(name, rows, "kernel_shap", n_samples=samples, seed=1)
         seconds = time.perf_counter() - started
-        if not job.HasField("result"):
-            raise RuntimeError(f"job on {name} ended without a result: {job.error}")
         return {
             "seconds": seconds,
             "remote_seconds": self.remote_seconds(name) - waited,
             "evaluations": float(job.result.quality.model_evaluations),
         }
-
-    def stop(self) -> None:
-        self.client.close()
-        asyncio.run_coroutine_threadsafe(self.service.stop(1.0), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def _report(runs: dict[str, list[dict[str, float]]], sweep: list[int], args: Any) -> dict[str, Any]:
