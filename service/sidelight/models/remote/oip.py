@@ -10,14 +10,14 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from sidelight import tensors
 from sidelight.models.remote.client import BadResponse
 from sidelight.models.remote.config import RemoteConfig
 from sidelight.oip import grpc_service_pb2 as pb
 from sidelight.oip import grpc_service_pb2_grpc as pb_grpc
 
-# The protocol's datatype names of the float types Sidelight sends and reads, little-endian.
-DATATYPES = {"float16": "FP16", "float32": "FP32", "float64": "FP64"}
-_NUMPY = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+# The float outputs Sidelight reads (tensors.DTYPES has their little-endian numpy types).
+_FLOATS = ("FP16", "FP32", "FP64")
 _TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents"}  # FP16 travels raw only
 
 
@@ -28,17 +28,18 @@ class OipEndpoint:
         self._stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
 
     def infer(self, rows: np.ndarray, timeout: float) -> np.ndarray:
+        datatype, shape, data = tensors.encode(rows)  # the config's float type, as it travels
         request = pb.ModelInferRequest(
             model_name=self._config.model_name,
             model_version=self._config.model_version,
             inputs=[
                 pb.ModelInferRequest.InferInputTensor(
                     name=self._config.input_name,
-                    datatype=DATATYPES[rows.dtype.name],
-                    shape=list(rows.shape),
+                    datatype=datatype,
+                    shape=shape,
                 )
             ],
-            raw_input_contents=[rows.astype(_NUMPY[DATATYPES[rows.dtype.name]]).tobytes()],
+            raw_input_contents=[data],
         )
         if self._config.output_name:
             request.outputs.add(name=self._config.output_name)
@@ -63,9 +64,11 @@ class OipEndpoint:
         output = response.outputs[index]
         shape = tuple(int(d) for d in output.shape)
         if response.raw_output_contents:
-            if output.datatype not in _NUMPY or index >= len(response.raw_output_contents):
+            if output.datatype not in _FLOATS or index >= len(response.raw_output_contents):
                 raise BadResponse(f"output {output.name!r} is raw {output.datatype}, not a float")
-            values = np.frombuffer(response.raw_output_contents[index], _NUMPY[output.datatype])
+            values = np.frombuffer(
+                response.raw_output_contents[index], tensors.DTYPES[output.datatype]
+            )
         elif output.datatype in _TYPED:
             values = np.asarray(getattr(output.contents, _TYPED[output.datatype]))
         else:
