@@ -254,6 +254,11 @@ class QueueCollector(Collector):
             ("sidelight_job_queue_lag", "Jobs not yet delivered to any worker.", stats.lag),
             ("sidelight_job_queue_pending", "Jobs delivered and not acknowledged.", stats.pending),
             (
+                "sidelight_job_queue_oldest_waiting_seconds",
+                "Age of the oldest job not yet delivered to any worker (0 when none waits).",
+                stats.oldest_waiting_s,
+            ),
+            (
                 "sidelight_job_dead_letters",
                 "Entries in the dead-letter stream.",
                 stats.dead_letters,

@@ -269,6 +269,7 @@ def test_job_metrics_are_exported(stub: pb_grpc.ExplainerStub, job_server: Serve
     assert samples['sidelight_jobs{state="SUCCEEDED"}'] >= 1
     assert samples["sidelight_job_queue_pending"] == 0
     assert "sidelight_job_queue_lag" in samples and "sidelight_job_dead_letters" in samples
+    assert samples["sidelight_job_queue_oldest_waiting_seconds"] >= 0
     key = 'sidelight_job_deliveries_total{method="lime",model="breast_cancer",outcome="succeeded"}'
     assert samples[key] >= 1
     assert (

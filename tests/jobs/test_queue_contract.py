@@ -85,6 +85,21 @@ def test_a_submitted_job_is_queued_with_its_spec(queue: JobQueue) -> None:
     assert stats.jobs[JobState.QUEUED] == 1
 
 
+def test_the_oldest_waiting_jobs_age_follows_the_front_of_the_queue(queue: JobQueue) -> None:
+    assert queue.stats().oldest_waiting_s == 0.0  # nothing waits
+    first = spec("first")
+    queue.submit(first)
+    time.sleep(0.3)
+    queue.submit(spec("second"))
+    waited = queue.stats().oldest_waiting_s
+    assert 0.25 <= waited < 5.0  # the first job's age, not the second's
+    lease = queue.claim("worker-a", 1.0)
+    assert lease is not None and lease.spec.job_id == first.job_id
+    assert queue.stats().oldest_waiting_s < waited  # now the second job is the front
+    assert queue.claim("worker-a", 1.0) is not None
+    assert queue.stats().oldest_waiting_s == 0.0  # delivered jobs do not wait
+
+
 def test_the_same_request_id_returns_the_same_job(queue: JobQueue) -> None:
     first = queue.submit(spec("same"))
     again = queue.submit(spec("same"))  # a retry: new job id, same request

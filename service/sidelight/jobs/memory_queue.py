@@ -38,6 +38,7 @@ class _Record:
 @dataclass
 class _State:
     entries: OrderedDict[int, tuple[str, str]] = field(default_factory=OrderedDict)
+    submitted_at: dict[int, float] = field(default_factory=dict)  # entry -> time.monotonic()
     next_entry: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     last_delivered: int = 0
     pending: dict[int, _Pending] = field(default_factory=dict)
@@ -125,7 +126,9 @@ class MemoryJobQueue(JobQueue):
                             )
                         return self._status(job_id)
             self._s.jobs[spec.job_id] = _Record(payload.new_record(spec))
-            self._s.entries[next(self._s.next_entry)] = (spec.job_id, spec.request_id)
+            entry = next(self._s.next_entry)
+            self._s.entries[entry] = (spec.job_id, spec.request_id)
+            self._s.submitted_at[entry] = time.monotonic()
             if spec.request_id:
                 self._s.requests[spec.request_id] = (spec.job_id, None)
             self._s.counts[JobState.QUEUED] += 1
@@ -155,13 +158,15 @@ class MemoryJobQueue(JobQueue):
 
     def stats(self) -> QueueStats:
         with self._lock:
-            lag = sum(1 for entry in self._s.entries if entry > self._s.last_delivered)
+            waiting = [entry for entry in self._s.entries if entry > self._s.last_delivered]
+            oldest = self._s.submitted_at[waiting[0]] if waiting else None
             return QueueStats(
                 length=len(self._s.entries),
-                lag=lag,
+                lag=len(waiting),
                 pending=len(self._s.pending),
                 dead_letters=len(self._s.dead),
                 jobs=dict(self._s.counts),
+                oldest_waiting_s=0.0 if oldest is None else time.monotonic() - oldest,
             )
 
     def dead_letters(self, count: int = 100) -> list[DeadLetter]:
@@ -313,4 +318,5 @@ class MemoryJobQueue(JobQueue):
             dropped = [entry for entry in self._s.entries if entry < floor]
             for entry in dropped:
                 del self._s.entries[entry]
+                del self._s.submitted_at[entry]
             return len(dropped)

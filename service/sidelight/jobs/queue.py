@@ -63,6 +63,9 @@ class QueueStats:
     dead_letters: int
     # QUEUED and RUNNING: jobs in that state now; terminal states: jobs that ended so, ever.
     jobs: dict[JobState, int]
+    # Seconds since the oldest entry not yet delivered to any worker was submitted (0.0 when
+    # none waits): how long the front of the queue has waited, which lag alone does not say.
+    oldest_waiting_s: float = 0.0
 
 
 class JobQueue(ABC):

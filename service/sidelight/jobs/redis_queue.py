@@ -350,14 +350,26 @@ class RedisJobQueue(JobQueue):
             pipe.xinfo_groups(self._stream)
             pipe.xlen(self._dead)
             pipe.hgetall(self._counts)
-            length, groups, dead, counts = pipe.execute()
+            pipe.time()
+            length, groups, dead, counts, (seconds, micros) = pipe.execute()
             group = next((g for g in groups if _text(g["name"]) == GROUP), None)
             pending = int(group["pending"]) if group else 0
             lag = int(group.get("lag") or 0) if group else length
             jobs = {state: 0 for state in JobState}
             for name, value in counts.items():
                 jobs[JobState(_text(name))] = int(value)
-            return QueueStats(length, lag, pending, int(dead), jobs)
+            oldest_waiting_s = 0.0
+            if lag and group:
+                # The first entry after the group's last delivered one waits longest. Its id is
+                # Redis's clock in ms at XADD, so Redis's own TIME gives its age (no skew
+                # between this host's clock and Redis's).
+                after = _text(group["last-delivered-id"])
+                first = self._client.xrange(self._stream, min=f"({after}", count=1)
+                if first:
+                    submitted_ms = int(_text(first[0][0]).split("-")[0])
+                    now_ms = int(seconds) * 1000 + int(micros) // 1000
+                    oldest_waiting_s = max(0.0, (now_ms - submitted_ms) / 1000)
+            return QueueStats(length, lag, pending, int(dead), jobs, oldest_waiting_s)
 
         return self._call(run)
 
