@@ -15,7 +15,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9095
 
 .PHONY: run test lint typecheck unit protos bench demo clean redis-server browser postgresql java peers \
-	podman image image-demo image-test
+	podman image image-demo image-redis-standin image-test
 
 # The container image (Dockerfile). Here no registry can be reached: the base is Debian 12 made
 # by debootstrap (tests/image/make-base.sh, kept once made), and pip in the build gets this
@@ -127,9 +127,19 @@ image-demo: podman
 	tests/image/make-base.sh $(BASE_IMAGE)
 	$(PODMAN_BUILD) --target demo -t $(IMAGE)-demo .
 
-# After `make test` in CI: the image built and run for real (tests/image).
-image-test: image $(DEMO)
-	SIDELIGHT_IMAGE=$(IMAGE) $(BIN)/pytest -m image tests/image
+# A stand-in for the public redis:7 image, which the dev overlay names: Debian's redis-server
+# on the same local base (no registry here). tests/image/test_kube_play.py plays the overlay.
+REDIS_STANDIN ?= localhost/sidelight-redis-standin:7
+image-redis-standin: podman
+	tests/image/make-base.sh $(BASE_IMAGE)
+	$(PODMAN) image exists $(REDIS_STANDIN) || $(PODMAN) build --runtime runc --network host \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) -f tests/image/redis.Containerfile \
+		-t $(REDIS_STANDIN) tests/image
+
+# After `make test` in CI: the image built and run for real (tests/image): one container, then
+# the dev overlay's API, worker and Redis with `podman kube play`.
+image-test: image image-redis-standin $(DEMO)
+	SIDELIGHT_IMAGE=$(IMAGE) SIDELIGHT_REDIS_STANDIN=$(REDIS_STANDIN) $(BIN)/pytest -m image tests/image
 
 clean:
 	rm -rf $(VENV) $(PEERS) var .mypy_cache .ruff_cache .pytest_cache
