@@ -35,11 +35,13 @@ from sidelight.audit.store.reader import PAGE_SIZE, AuditReader
 from sidelight.audit.store.schema import (
     RawRecord,
     StoredRecord,
+    VerificationRun,
     checkpoints_table,
     head_table,
     metadata,
     records_table,
     subject_keys_table,
+    verifications_table,
 )
 from sidelight.audit.store.transaction import AuditTransaction
 
@@ -50,9 +52,11 @@ __all__ = [
     "AuditTransaction",
     "RawRecord",
     "StoredRecord",
+    "VerificationRun",
     "checkpoints_table",
     "head_table",
     "metadata",
     "records_table",
     "subject_keys_table",
+    "verifications_table",
 ]

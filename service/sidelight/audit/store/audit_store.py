@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,9 +22,12 @@ from sidelight.audit.store import postgres, sqlite
 from sidelight.audit.store.reader import PAGE_SIZE, AuditReader
 from sidelight.audit.store.schema import (
     StoredRecord,
+    VerificationRun,
     create_missing,
+    head_table,
     record_row,
     subject_keys_table,
+    verifications_table,
 )
 from sidelight.audit.store.transaction import AuditTransaction
 from sidelight.errors import AuditUnavailable, ConfigError
@@ -48,15 +52,23 @@ class AuditStore:
         self._append_lock = threading.Lock()  # guards the three
 
     @classmethod
-    def open(cls, url: str) -> AuditStore:
+    def open(cls, url: str, *, create: bool = True) -> AuditStore:
         """Connect, and create the tables if they are missing (safe from several processes
-        at once)."""
+        at once). With `create=False` nothing is created: a copy kept for verification (a
+        regulator's) stays as it was, even when this version has tables it lacks."""
         try:
             parsed = make_url(url)
         except ArgumentError:
             raise ConfigError("audit store URL", None, "not a database URL") from None
         store = cls(_make_engine(parsed))
-        store._create_schema()
+        try:
+            if create:
+                store._create_schema()
+            else:
+                store._check_schema()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -189,6 +201,16 @@ class AuditStore:
                 self._appender[0].close()
             self._appender = None
 
+    def add_verification(self, run: VerificationRun) -> None:
+        """Record a verification run that signed nothing (one that did is recorded in the
+        checkpoint's transaction). Takes no head lock: appends go on meanwhile."""
+        with self._errors(), self.engine.begin() as connection:
+            connection.execute(insert(verifications_table).values(**dataclasses.asdict(run)))
+
+    def last_verification(self) -> VerificationRun | None:
+        with self.reader() as reader:
+            return reader.last_verification()
+
     def add_subject_key(self, subject_id: str, wrapped_key: bytes, created: float) -> bytes:
         """Store a subject's wrapped key unless one exists; returns the one stored (another
         process's, if it got there first)."""
@@ -287,6 +309,11 @@ class AuditStore:
         if self._password:
             reason = reason.replace(self._password, "***")
         return reason
+
+    def _check_schema(self) -> None:
+        with self._errors(), self.engine.connect() as connection:
+            if not inspect(connection).has_table(head_table.name):
+                raise AuditUnavailable(f"audit store {self.url} holds no audit log")
 
     def _create_schema(self) -> None:
         with self._errors(), self.engine.begin() as connection:

@@ -12,12 +12,15 @@ from sidelight.audit.checkpoint import SignedCheckpoint
 from sidelight.audit.store.schema import (
     RawRecord,
     StoredRecord,
+    VerificationRun,
     checkpoints_table,
     head_table,
     raw_record,
     records_table,
     signed_checkpoint,
     subject_keys_table,
+    verification_run,
+    verifications_table,
 )
 from sidelight.errors import AuditRecordNotFound
 
@@ -136,3 +139,10 @@ class AuditReader:
             )
         )
         return int(self._connection.execute(query).scalar_one())
+
+    def last_verification(self) -> VerificationRun | None:
+        """The newest recorded `verify --sign` run (one row, read by its primary key)."""
+        row = self._connection.execute(
+            select(verifications_table).order_by(verifications_table.c.id.desc()).limit(1)
+        ).first()
+        return None if row is None else verification_run(row)

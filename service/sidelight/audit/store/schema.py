@@ -9,6 +9,8 @@
                          retention that removes every record
     audit_checkpoints    signed heads (`sidelight.audit.checkpoint`)
     audit_subject_keys   each subject's data key, wrapped (`sidelight.audit.subjects`)
+    audit_verifications  each `sidelight audit verify --sign` run's outcome, newest last
+                         (`sidelight.audit.attest`; what the server exports as metrics)
 
 `create_missing` creates what a store lacks, so a store made by an older version opens.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Double,
     Index,
@@ -95,6 +98,19 @@ subject_keys_table = Table(
     Column("created", Double, nullable=False),
 )
 
+verifications_table = Table(
+    "audit_verifications",
+    metadata,
+    Column("id", _Seq, primary_key=True, autoincrement=True),
+    Column("time", Double, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("first_seq", BigInteger, nullable=True),  # None: no record was stored
+    Column("last_seq", BigInteger, nullable=True),
+    Column("records_checked", BigInteger, nullable=False),
+    Column("problems", Integer, nullable=False),
+    Column("checkpoint_seq", BigInteger, nullable=True),  # None: nothing signed
+)
+
 
 @dataclass(frozen=True)
 class StoredRecord:
@@ -125,6 +141,19 @@ class RawRecord:
             json.loads(self.content), self.attributions, self.encrypted_input
         )
         return StoredRecord(self.seq, self.prev_hash, self.hash, record)
+
+
+@dataclass(frozen=True)
+class VerificationRun:
+    """One row of audit_verifications: a verification of the whole chain and what it signed."""
+
+    time: float  # seconds since the epoch, when the verification ended
+    ok: bool  # the chain verified
+    first_seq: int | None  # the seqs it walked, None when no record was stored
+    last_seq: int | None
+    records_checked: int
+    problems: int  # problems found, listed or not
+    checkpoint_seq: int | None  # the seq of the checkpoint it signed; None: none signed
 
 
 def create_missing(connection: Connection) -> None:
@@ -183,4 +212,16 @@ def signed_checkpoint(row: Row[Any]) -> SignedCheckpoint:
         ),
         key_id=row.key_id,
         signature=bytes(row.signature),
+    )
+
+
+def verification_run(row: Row[Any]) -> VerificationRun:
+    return VerificationRun(
+        time=row.time,
+        ok=bool(row.ok),
+        first_seq=row.first_seq,
+        last_seq=row.last_seq,
+        records_checked=row.records_checked,
+        problems=row.problems,
+        checkpoint_seq=row.checkpoint_seq,
     )

@@ -3,6 +3,7 @@ checkpoints, erasure."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +18,14 @@ from sidelight.audit.store.reader import AuditReader
 from sidelight.audit.store.schema import (
     RawRecord,
     StoredRecord,
+    VerificationRun,
     checkpoints_table,
     head_table,
     raw_record,
     record_row,
     records_table,
     subject_keys_table,
+    verifications_table,
 )
 from sidelight.errors import AuditRecordConflict
 
@@ -96,6 +99,9 @@ class AuditTransaction(AuditReader):
                 signature=signed.signature,
             )
         )
+
+    def add_verification(self, run: VerificationRun) -> None:
+        self._connection.execute(insert(verifications_table).values(**dataclasses.asdict(run)))
 
     def delete_subject_key(self, subject_id: str) -> bool:
         result = self._connection.execute(
