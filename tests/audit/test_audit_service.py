@@ -12,6 +12,8 @@ import hmac
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -21,6 +23,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import ServerThread, server_settings, wait_until, watch_job
+from prometheus_client.parser import text_string_to_metric_families
 from sidelight.audit.log import INPUT_KEY_FILE
 from sidelight.audit.record import RecordKind
 from sidelight.audit.signing import Signer
@@ -199,6 +202,25 @@ def test_the_cli_verifies_shows_reports_and_replays_a_served_explanation(
         "--input", tmp_path / "other.npy",
     )  # fmt: skip
     assert code == 1 and "input given is not the one recorded" in out
+
+
+def test_a_signed_verification_shows_on_the_servers_metrics_port(
+    audited: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`verify --sign` beside the running server (one SQLite store), then the server's own
+    /metrics: the outcome read from the store at scrape time."""
+    with audited.channel() as channel:
+        stub_of(channel).Explain(explain_request("digits", digits(2), "saliency"), timeout=60)
+    code, out, err = cli(capsys, "audit", "verify", "--sign", "--audit-dir", tmp_path / "audit")
+    assert code == 0 and "signed a checkpoint of seq" in out, out + err
+    port = audited.service.endpoints.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    [success] = families["sidelight_audit_last_verification_success"].samples
+    [seq] = families["sidelight_audit_last_verified_seq"].samples
+    [when] = families["sidelight_audit_last_verification_timestamp_seconds"].samples
+    assert success.value == 1.0 and seq.value >= 1
+    assert abs(when.value - time.time()) < 120
 
 
 def test_a_job_is_recorded_under_its_id_and_replays_bit_for_bit_then_shredding_keeps_the_log(

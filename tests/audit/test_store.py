@@ -21,9 +21,9 @@ from sidelight.audit.store import (
     AuditStore,
     AuditTransaction,
     RawRecord,
-    _linked,
     records_table,
 )
+from sidelight.audit.store.audit_store import _linked
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import (
     AuditRecordConflict,

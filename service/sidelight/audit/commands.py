@@ -1,7 +1,8 @@
-"""`sidelight audit ...`: verify the log, show, report and replay a record, prune, erase a
-subject, export the public key and the checkpoints. They work on the store directly (the same
-`--audit-dir`/`--audit-url` as the server), so a regulator's copy of the database and the
-exported public key and checkpoints are enough to verify it."""
+"""`sidelight audit ...`: verify the log (and, with --sign, sign a checkpoint of what was
+verified), show, report and replay a record, prune, erase a subject, export the public key and
+the checkpoints. They work on the store directly (the same `--audit-dir`/`--audit-url` as the
+server), so a regulator's copy of the database and the exported public key and checkpoints are
+enough to verify it; plain `verify` writes nothing to either."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def add_commands(commands: Any) -> None:
         "--checkpoints", type=Path, action="append", default=[], help="exported .jsonl"
     )
     verify.add_argument("--json", action="store_true", help="the report as JSON")
+    verify.add_argument(
+        "--sign",
+        action="store_true",
+        help="if the log verifies, sign a checkpoint of the head verified, store it and the "
+        "run's outcome (exported as metrics); exit 1 and sign nothing if it does not",
+    )
     verify.set_defaults(run=_verify)
 
     show = actions.add_parser("show", help="one record, as JSON")
@@ -99,64 +106,117 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Read-only unless --sign: a copy of the store and the exported public key are enough,
+    and nothing is written to either (no table created, no key file made in --audit-dir)."""
     from sidelight.audit.checkpoint import load_checkpoints
     from sidelight.audit.signing import load_public_key
-    from sidelight.audit.store import AuditStore
     from sidelight.audit.verify import verify
 
     extra = [c for path in args.checkpoints for c in load_checkpoints(path)]
-    if args.public_key:
-        # A copy of the store and the exported key are enough: no key files are read or
-        # created in --audit-dir (a regulator's machine has none).
-        store = AuditStore.open(settings_from(args).store_url)
-        try:
-            report = verify(store, load_public_key(args.public_key.read_bytes()), extra)
-        finally:
-            store.close()
-    else:
-        log = _open(args)
-        try:
-            report = verify(log.store, log.signer.public_key, extra)
-        finally:
-            log.close()
+    if args.sign:
+        if args.public_key:
+            raise ValueError("--sign verifies with the signing key itself: no --public-key")
+        return _verify_and_sign(args, extra)
+    public_key = (
+        load_public_key(args.public_key.read_bytes())
+        if args.public_key
+        else _signer(args).public_key
+    )
+    store = _open_store(args, create=False)
+    try:
+        report = verify(store, public_key, extra)
+    finally:
+        store.close()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "records_checked": report.records_checked,
-                    "first_seq": report.first_seq,
-                    "last_seq": report.last_seq,
-                    "checkpoints_checked": report.checkpoints_checked,
-                    "problems": [
-                        {
-                            "kind": p.kind.value,
-                            "seq": p.seq,
-                            "record_id": p.record_id,
-                            "message": p.message,
-                        }
-                        for p in report.problems
-                    ],
-                    "more_problems": report.more_problems,
-                },
-                indent=1,
-            )
-        )
+        print(json.dumps(_report_json(report), indent=1))
     else:
-        last = report.last_checkpoint
-        signed = f"; last signed checkpoint at seq {last.seq}" if last else "; no checkpoint yet"
-        print(
-            f"{report.records_checked} records (seq {report.first_seq}..{report.last_seq}), "
-            f"{report.checkpoints_checked} checkpoints{signed}"
-        )
-        for problem in report.problems:
-            where = f"seq {problem.seq}" if problem.seq is not None else "-"
-            record = f" record {problem.record_id}" if problem.record_id else ""
-            print(f"  {problem.kind.value.upper()} at {where}{record}: {problem.message}")
-        if report.more_problems:
-            print(f"  ... and {report.more_problems} more")
-        print("OK: the log verifies" if report.ok else "FAILED: the log does not verify")
+        _print_report(report)
     return 0 if report.ok else 1
+
+
+def _verify_and_sign(args: argparse.Namespace, extra: list[Any]) -> int:
+    from sidelight.audit.attest import verify_and_sign
+
+    signer = _signer(args)
+    store = _open_store(args, create=True)  # an older store gains audit_verifications
+    try:
+        outcome = verify_and_sign(store, signer, extra)
+    finally:
+        store.close()
+    signed = outcome.checkpoint
+    if args.json:
+        data = _report_json(outcome.report)
+        data["checkpoint"] = json.loads(signed.to_json()) if signed else None
+        data["unsigned_because"] = outcome.unsigned_because or None
+        print(json.dumps(data, indent=1))
+    else:
+        _print_report(outcome.report)
+        if signed is not None:
+            checkpoint = signed.checkpoint
+            print(
+                f"signed a checkpoint of seq {checkpoint.seq} (hash {checkpoint.hash.hex()}, "
+                f"chain from seq {checkpoint.anchor.seq}, key {signed.key_id[:16]}):"
+            )
+            print(signed.to_json())
+        elif outcome.report.ok:
+            print(f"nothing signed: {outcome.unsigned_because}")
+        else:
+            print("nothing signed")
+    return 0 if signed is not None or (outcome.report.ok and outcome.report.tip is None) else 1
+
+
+def _signer(args: argparse.Namespace) -> Any:
+    """The data directory's signing key, only read (a Secret mounted read-only holds it)."""
+    from sidelight.audit.signing import SIGNING_KEY_FILE, Signer
+
+    path = args.audit_dir / SIGNING_KEY_FILE
+    if not path.exists():
+        raise ValueError(f"no signing key {path} (give --audit-dir, or --public-key to verify)")
+    return Signer.load(path)
+
+
+def _open_store(args: argparse.Namespace, *, create: bool) -> Any:
+    from sidelight.audit.store import AuditStore
+
+    if not args.audit_url and not (args.audit_dir / "audit.db").exists():
+        raise ValueError(f"no audit log in {args.audit_dir} (give --audit-dir or --audit-url)")
+    return AuditStore.open(settings_from(args).store_url, create=create)
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "records_checked": report.records_checked,
+        "first_seq": report.first_seq,
+        "last_seq": report.last_seq,
+        "checkpoints_checked": report.checkpoints_checked,
+        "problems": [
+            {
+                "kind": p.kind.value,
+                "seq": p.seq,
+                "record_id": p.record_id,
+                "message": p.message,
+            }
+            for p in report.problems
+        ],
+        "more_problems": report.more_problems,
+    }
+
+
+def _print_report(report: Any) -> None:
+    last = report.last_checkpoint
+    signed = f"; last signed checkpoint at seq {last.seq}" if last else "; no checkpoint yet"
+    print(
+        f"{report.records_checked} records (seq {report.first_seq}..{report.last_seq}), "
+        f"{report.checkpoints_checked} checkpoints{signed}"
+    )
+    for problem in report.problems:
+        where = f"seq {problem.seq}" if problem.seq is not None else "-"
+        record = f" record {problem.record_id}" if problem.record_id else ""
+        print(f"  {problem.kind.value.upper()} at {where}{record}: {problem.message}")
+    if report.more_problems:
+        print(f"  ... and {report.more_problems} more")
+    print("OK: the log verifies" if report.ok else "FAILED: the log does not verify")
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sidelight.audit import keyfiles
 from sidelight.audit.record import AuditRecord, FeatureWeight, RecordKind
@@ -31,7 +34,7 @@ from sidelight.audit.recording import (
     prediction_record,
 )
 from sidelight.audit.signing import Signer
-from sidelight.audit.store import AuditStore
+from sidelight.audit.store import AuditStore, VerificationRun
 from sidelight.audit.subjects import SubjectKeys
 from sidelight.audit.writer import AuditWriter
 from sidelight.errors import AuditUnavailable, Overloaded, Unavailable
@@ -44,6 +47,7 @@ from sidelight.tensors import RawTensor
 log = logging.getLogger(__name__)
 
 INPUT_KEY_FILE = "input-hmac.key"
+VERIFICATION_CACHE_S = 30.0  # VerificationCollector: how long a store read serves scrapes
 WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 
 
@@ -62,6 +66,69 @@ class AuditMetrics:
             buckets=WRITE_BUCKETS,
             registry=registry,
         )
+
+
+class VerificationCollector(Collector):
+    """The newest `sidelight audit verify --sign` run (`sidelight.audit.attest`), read from the
+    store at scrape time: one row by its primary key, at most once per `cache_s` (a store that
+    does not answer costs one connect timeout per period, not one per scrape). Every replica
+    reports the same shared figures: take max() across them, not sum(). Nothing is exported
+    before the first run, nor while the store cannot be read."""
+
+    def __init__(
+        self,
+        last_run: Callable[[], VerificationRun | None],
+        *,
+        cache_s: float = VERIFICATION_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._last_run = last_run
+        self._cache_s = cache_s
+        self._clock = clock
+        self._lock = threading.Lock()  # scrapes may come in together
+        self._read_at: float | None = None
+        self._run: VerificationRun | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        # Named here so that registering reads nothing from the store.
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._read())
+
+    def _read(self) -> VerificationRun | None:
+        with self._lock:
+            now = self._clock()
+            if self._read_at is None or now - self._read_at >= self._cache_s:
+                try:
+                    self._run = self._last_run()
+                except Unavailable as exc:
+                    log.warning("audit verification metrics not read: %s", exc)
+                    self._run = None
+                self._read_at = now
+            return self._run
+
+    @staticmethod
+    def _families(run: VerificationRun | None) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "sidelight_audit_last_verification_success",
+            "1 when the last `sidelight audit verify --sign` found the audit log intact, 0 "
+            "when it did not (absent before the first run).",
+        )
+        when = GaugeMetricFamily(
+            "sidelight_audit_last_verification_timestamp_seconds",
+            "When the last `sidelight audit verify --sign` ended, whatever its outcome.",
+        )
+        seq = GaugeMetricFamily(
+            "sidelight_audit_last_verified_seq",
+            "The last record seq that the last `sidelight audit verify --sign` checked.",
+        )
+        if run is not None:
+            success.add_metric([], 1 if run.ok else 0)
+            when.add_metric([], run.time)
+            if run.last_seq is not None:
+                seq.add_metric([], run.last_seq)
+        yield from (success, when, seq)
 
 
 class AuditLog:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sidelight.audit import keyfiles
-from sidelight.audit.chain import GENESIS_ANCHOR, Anchor
+from sidelight.audit.chain import GENESIS_ANCHOR, Anchor, Head
 from sidelight.audit.checkpoint import Checkpoint, SignedCheckpoint
 from sidelight.audit.store import AuditTransaction
 
@@ -45,7 +45,16 @@ class Signer:
     @classmethod
     def load_or_create(cls, path: Path) -> Signer:
         """The key in `path` (PEM, PKCS#8), created there with mode 0600 if absent."""
-        pem = keyfiles.read_or_create(path, _new_private_pem)
+        return cls._from_pem(path, keyfiles.read_or_create(path, _new_private_pem))
+
+    @classmethod
+    def load(cls, path: Path) -> Signer:
+        """The key in `path`, only read: for a key mounted read-only (a Kubernetes Secret),
+        where a missing key must be an error, not a new key nobody trusts."""
+        return cls._from_pem(path, path.read_bytes())
+
+    @classmethod
+    def _from_pem(cls, path: Path, pem: bytes) -> Signer:
         private_key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(private_key, Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 private key")
@@ -65,11 +74,17 @@ class Signer:
         return SignedCheckpoint(checkpoint, self.key_id, signature)
 
     def checkpoint(
-        self, transaction: AuditTransaction, *, anchor: Anchor | None = None
+        self,
+        transaction: AuditTransaction,
+        *,
+        anchor: Anchor | None = None,
+        head: Head | None = None,
     ) -> SignedCheckpoint:
         """Sign the head `transaction` holds and store the checkpoint in it. `anchor` moves
-        the chain's start (retention only); by default the current one is carried over."""
-        head = transaction.head()
+        the chain's start (retention), or names the start a verification found signed
+        (`sidelight.audit.attest`); by default the current one is carried over. `head`: a head
+        other than the live one, that a verification walked to."""
+        head = head or transaction.head()
         signed = self.sign(
             Checkpoint(
                 seq=head.seq,

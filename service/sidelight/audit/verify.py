@@ -44,7 +44,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sidelight.audit.chain import GENESIS_ANCHOR, Head, link_content
+from sidelight.audit.chain import GENESIS_ANCHOR, Anchor, Head, link_content
 from sidelight.audit.checkpoint import Checkpoint, SignedCheckpoint
 from sidelight.audit.record import RecordKind
 from sidelight.audit.signing import SignatureCheck, key_id, verify_checkpoint
@@ -82,6 +82,11 @@ class VerifyReport:
     last_seq: int | None
     checkpoints_checked: int
     last_checkpoint: Checkpoint | None  # the latest signed head the chain matched
+    # The last record walked to (seq and hash) and where the walked chain starts (its first
+    # record's seq and the hash it links to); None when no record is stored. When `ok`, what
+    # `verify --sign` signs (`sidelight.audit.attest`).
+    tip: Head | None = None
+    start: Anchor | None = None
 
 
 def verify(
@@ -128,10 +133,12 @@ class _Verification:
         self._believe(chain(self._reader.checkpoints(), extra))
         self._head = self._reader.head()
         first: _Link | None = None
+        start: Anchor | None = None
         previous: _Link | None = None
         checked = 0
         for raw in self._reader.raw_records(page_size=page_size):
             checked += 1
+            start = start or Anchor(raw.seq, raw.prev_hash)
             self._check_record(raw)
             if previous is None:
                 self._check_start(raw)
@@ -152,6 +159,8 @@ class _Verification:
             last_seq=previous.seq if previous else None,
             checkpoints_checked=self._checkpoints_checked,
             last_checkpoint=self._last_checkpoint,
+            tip=Head(previous.seq, previous.hash) if previous else None,
+            start=start,
         )
 
     # -- checkpoints ---------------------------------------------------------------------

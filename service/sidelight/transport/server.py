@@ -37,7 +37,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from sidelight.audit.log import AuditLog
+from sidelight.audit.log import AuditLog, VerificationCollector
 from sidelight.batching.executor import BatchReport, DeviceExecutor
 from sidelight.batching.lanes import LaneOverlap, lanes_for
 from sidelight.batching.scheduler import Scheduler
@@ -173,6 +173,8 @@ class Service:
                 for lane in lanes
             )
         audit = await asyncio.to_thread(AuditLog.open, settings.audit, metrics.registry)
+        if audit is not None:  # the last `audit verify --sign`, read at scrape time
+            metrics.registry.register(VerificationCollector(audit.store.last_verification))
         jobs, workers = _job_queue(settings, registry, devices[0], metrics, audit)
         sampler = (
             FaithfulnessSampler(
