@@ -17,6 +17,13 @@ what of the manifests ran as written and what did not:
   `secretKeyRef`); Secret volumes become host folders holding the same files (podman 4.3 panics
   on `secret:` volumes), owned by the pods' group with the Secret's mode, as fsGroup and
   defaultMode would make them.
+- emptyDir volumes become fresh host folders writable by the pod's user: podman 4.3 makes an
+  emptyDir a volume owned by root with mode 0755, where Kubernetes makes it world-writable, so
+  the non-root init container could not write the demo models into it.
+- `$(VAR)` references in a container's command and args are expanded from its environment, as
+  the kubelet does and podman 4.3 does not (Redis's `--requirepass $(REDIS_PASSWORD)`).
+- Pods with init containers restart OnFailure instead of Always (podman 4.3 restarts a
+  finished init container under Always).
 - Images: the Redis image is a local stand-in built from Debian's redis-server
   (tests/image/redis.Containerfile), since no registry can be reached.
 
@@ -30,6 +37,7 @@ import base64
 import copy
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +52,7 @@ NOT_PLAYED = {
     "NetworkPolicy": "network isolation: podman enforces no policies",
     "HorizontalPodAutoscaler": "autoscaling: no controller",
     "PodDisruptionBudget": "disruption budgets: no evictions",
-    "CronJob": "scheduled jobs: no controller (the audit check is run by the CLI's tests)",
+    "CronJob": "scheduled jobs: no controller (the test runs its command in the API's container)",
 }
 
 
@@ -64,6 +72,8 @@ class Playable:
     secrets: dict[str, dict[str, str]]  # podman secret name -> its Kubernetes data, decoded
     secret_folders: dict[str, Path]  # Secret name -> host folder holding its files
     adaptations: list[str] = field(default_factory=list)
+    # CronJob name -> its container's args, $(VAR) expanded: what a run of it would execute
+    cron_args: dict[str, list[str]] = field(default_factory=dict)
 
 
 def playable(
@@ -90,6 +100,12 @@ def playable(
         kind, name = doc["kind"], doc["metadata"]["name"]
         if kind in NOT_PLAYED:
             note(f"{kind}/{name} not played: {NOT_PLAYED[kind]}")
+            if kind == "CronJob":
+                job = copy.deepcopy(doc["spec"]["jobTemplate"])
+                job.setdefault("metadata", {})["name"] = f"CronJob/{name}"
+                _expand_references(job, secrets, note)
+                (container,) = job["spec"]["template"]["spec"]["containers"]
+                result.cron_args[name] = container["args"]
         elif kind == "Secret":
             pass  # a podman secret (below)
         elif kind == "ConfigMap":
@@ -108,6 +124,8 @@ def playable(
     for doc in result.documents:
         if doc["kind"] == "Deployment":
             _secret_volumes_to_folders(doc, secrets, folder, result.secret_folders, note)
+            _empty_dirs_to_folders(doc, folder, note)
+            _expand_references(doc, secrets, note)
     referenced = {
         ref["secretKeyRef"]["name"]
         for doc in result.documents
@@ -140,12 +158,13 @@ def _point_secrets_at_loopback(
     parts = urlsplit(redis["url"])
     credentials = parts.netloc.rpartition("@")[0]
     redis["url"] = urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{ports.redis}"))
-    note(f"Secret sidelight-redis: url host {parts.hostname}:{parts.port} -> 127.0.0.1:{ports.redis}")
+    note(f"Secret sidelight-redis: url {parts.hostname}:{parts.port} -> 127.0.0.1:{ports.redis}")
     secrets["sidelight-postgresql"]["url"] = audit_url
     note("Secret sidelight-postgresql: url -> the test's PostgreSQL on 127.0.0.1")
 
 
 def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Deployment's or a Job template's containers, init containers first."""
     spec = doc["spec"]["template"]["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
 
@@ -192,6 +211,13 @@ def _sidelight(doc: dict[str, Any], ports: Ports, note: Any) -> dict[str, Any]:
         _move_port(main, port_name, number)
     moves = ", ".join(f"SIDELIGHT_{o.upper()}={n}" for o, (_, n) in moved.items())
     note(f"Deployment/{name}: the host's network, {moves}")
+    if template.get("initContainers"):
+        template["restartPolicy"] = "OnFailure"
+        note(
+            f"Deployment/{name}: restartPolicy OnFailure, not Always: podman 4.3 applies the "
+            "pod's policy to init containers too, restarts the finished one, then fails to "
+            "remove it"
+        )
     for container in _containers(doc):
         if container["image"].startswith("sidelight:"):
             container["imagePullPolicy"] = "Never"  # built here: never look for a registry
@@ -248,6 +274,43 @@ def _secret_volumes_to_folders(
     for container in _containers(doc):
         mounts = container.get("volumeMounts", [])
         container["volumeMounts"] = [m for m in mounts if m["name"] not in dropped]
+
+
+_REFERENCE = re.compile(r"\$\((\w+)\)")
+
+
+def _expand_references(doc: dict[str, Any], secrets: dict[str, dict[str, str]], note: Any) -> None:
+    for container in _containers(doc):
+        values = {}
+        for env in container.get("env", []):
+            if "value" in env:
+                values[env["name"]] = env["value"]
+            elif "secretKeyRef" in env.get("valueFrom", {}):
+                ref = env["valueFrom"]["secretKeyRef"]
+                values[env["name"]] = secrets[ref["name"]][ref["key"]]
+        for field_name in ("command", "args"):
+            words = container.get(field_name)
+            if not words:
+                continue
+            expanded = [_REFERENCE.sub(lambda m: values.get(m[1], m[0]), w) for w in words]  # noqa: B023
+            if expanded != words:
+                container[field_name] = expanded
+                where = f"{doc.get('metadata', {}).get('name', 'job')}/{container['name']}"
+                note(f"{where}: $(VAR) in {field_name} expanded")
+
+
+def _empty_dirs_to_folders(doc: dict[str, Any], folder: Path, note: Any) -> None:
+    name = doc["metadata"]["name"]
+    template = doc["spec"]["template"]["spec"]
+    for volume in template.get("volumes", []):
+        if "emptyDir" not in volume:
+            continue
+        path = folder / "empty" / name / volume["name"]
+        path.mkdir(parents=True)
+        path.chmod(0o777)  # what the kubelet makes of an emptyDir
+        del volume["emptyDir"]
+        volume["hostPath"] = {"path": str(path), "type": "Directory"}
+        note(f"{name}: emptyDir {volume['name']} -> a fresh host folder, mode 0777")
 
 
 def _write_secret(

@@ -29,11 +29,10 @@ from conftest import wait_until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kube_play import Playable, Ports, playable, podman_secret
 from sidelight.client import Client, to_array
 from sidelight.v1 import explainer_pb2 as pb
 from sklearn.datasets import load_breast_cancer
-
-from kube_play import Playable, Ports, playable, podman_secret
 from test_image import CONTAINERS_CONF, INSTALL, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +132,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     deployed = Deployment(play, ports, manifest)
     try:
         # It returns once the init containers (the demo models' build) have run.
-        podman("kube", "play", str(manifest), timeout=START_TIMEOUT_S)
+        podman("kube", "play", "--replace", str(manifest), timeout=START_TIMEOUT_S)
         yield deployed
     finally:
         for deployment_name, container in (
@@ -176,7 +175,8 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
     def started(name: str, ready: object) -> object:
         state = deployment.state(name)
         if state and not state.startswith(("running", "created", "configured", "initialized")):
-            raise AssertionError(f"{name} stopped while starting ({state}):\n{deployment.logs(name)}")
+            logs = deployment.logs(name)
+            raise AssertionError(f"{name} stopped while starting ({state}):\n{logs}")
         return ready
 
     def api_serving() -> bool:
@@ -195,7 +195,7 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
     api_logs = deployment.logs("sidelight-api")
     # Configured as the manifests say: the ConfigMap's file, the Secrets' URLs (masked), the
     # ports moved by SIDELIGHT_* variables.
-    assert "/etc/sidelight/config/config.yaml" in api_logs, api_logs
+    assert "/etc/sidelight/config/serve.yaml" in api_logs, api_logs
     assert "embedded_workers=0" in api_logs, api_logs
     assert "dev-only-redis" not in api_logs, "the Redis password is in the log"
 
@@ -213,9 +213,9 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
         # Kernel SHAP's attributions sum to f(x) - f(baseline): the worker really ran it.
         assert max(abs(e) for e in done.result.quality.completeness_error) < 1e-4
         record = client.stub.GetAuditRecord(
-            pb.GetAuditRecordRequest(explanation_id=done.result.explanation_id), timeout=30
+            pb.GetAuditRecordRequest(record_id=done.result.explanation_id), timeout=30
         )
-        assert json.loads(record.record_json)["method"] == "kernel_shap"
+        assert json.loads(record.content_json)["method"] == "kernel_shap"
     # The worker pod ran it (the API runs no job), and both pods export their figures.
     assert job.job_id in deployment.logs("sidelight-worker")
     worker = metrics(ports.worker_metrics)
@@ -226,6 +226,20 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
     api = metrics(ports.api_metrics)
     assert api["sidelight_job_queue_up"] == 1
     assert api["sidelight_job_queue_oldest_waiting_seconds"] == 0
+
+    # The audit CronJob's command, in the image with the API pod's mounts (the keys read-only):
+    # it verifies the worker's record in PostgreSQL, signs, and the API exports the outcome.
+    args = deployment.play.cron_args["sidelight-audit-verify"]
+    verified = podman("exec", deployment.container("sidelight-api"), "sidelight", *args)
+    report = json.loads(verified.stdout)
+    assert report["ok"] and report["records_checked"] >= 1, verified.stdout
+    assert report["checkpoint"]["seq"] == report["last_seq"], verified.stdout
+    signed = wait_until(
+        lambda: metrics(ports.api_metrics).get("sidelight_audit_last_verification_success"),
+        60,
+        "the verification's outcome in the API's metrics (cached up to 30 s)",
+    )
+    assert signed == 1
 
     # SIGTERM to both pods, as the kubelet sends it: they drain and exit 0.
     for name in ("sidelight-api", "sidelight-worker"):
@@ -245,5 +259,5 @@ def test_every_adaptation_is_recorded_and_nothing_is_played_unseen(deployment: D
         "Deployment/sidelight-worker",
     ]
     text = "\n".join(deployment.play.adaptations)
-    for skipped in ("NetworkPolicy/", "Service/sidelight", "CronJob/", "StatefulSet/sidelight-postgresql"):
+    for skipped in ("NetworkPolicy/", "Service/", "CronJob/", "StatefulSet/sidelight-postgresql"):
         assert skipped in text, text
