@@ -61,7 +61,7 @@ from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
-from sidelight.validation import check_baseline, parse_targets, validate_inputs
+from sidelight.validation import check_baseline, finite_params, parse_targets, validate_inputs
 
 SEED_BITS = 63
 # Batching groups (model, version, method, params, input shape) kept for reuse.
@@ -292,6 +292,7 @@ class DataPlane:
         )
 
     async def explain(self, request: ExplainRequest) -> Explanation:
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         if method.mode is Mode.ASYNC:
@@ -367,6 +368,7 @@ class DataPlane:
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
         time: an on-demand audit, not a hot path)."""
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
@@ -416,6 +418,7 @@ class DataPlane:
         """Validate as Explain does, then queue. The seed and the model version are resolved
         now, so every delivery of the job computes the same thing."""
         queue = self._queue()
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         raw = dict(request.params or {})
