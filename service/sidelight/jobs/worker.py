@@ -237,8 +237,14 @@ class Worker:
         return True
 
     def _settle(self, write: Callable[[], object], outcome: str) -> str:
-        """`outcome` once `write` lands; "lost" if it never does (see `_write`)."""
-        return "lost" if self._write(write) is None else outcome
+        """`outcome` once `write` lands; "lost" if it never does (see `_write`). The queue's
+        fail, cancelled and release answer None, which `_write` would read as never landed."""
+
+        def landed() -> bool:
+            write()
+            return True
+
+        return "lost" if self._write(landed) is None else outcome
 
     def _write(self, write: Callable[[], T]) -> T | None:
         """Write the job's end to the queue, retrying while it is unreachable: the result is
