@@ -430,6 +430,8 @@ class DataPlane:
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
+        if budget is not None and method.mode is Mode.SYNC:
+            _budget_covers(method, params, inputs.shape[0], budget)
         if isinstance(params, SeededParams):
             params = params.model_copy(update={"seed": _seed(params)})
         now = time.time()
@@ -718,6 +720,18 @@ def _positive_int(value: Any, name: str) -> int | None:
     if value < 1:
         raise InvalidParams(f"params.{name}", f"must be >= 1, not {int(value)}")
     return int(value)
+
+
+def _budget_covers(method: AnyMethod, params: Params, instances: int, budget: int) -> None:
+    """A job's budget for a method without a partial estimate (the synchronous ones: gradients,
+    CAM) must cover all of its passes: a smaller one could only buy a run that ends FAILED."""
+    each = method.evaluations_per_instance(params)
+    if budget < each * instances:
+        raise InvalidParams(
+            f"params.{BUDGET_PARAM}",
+            f"{budget} does not cover the {each * instances} model evaluations of {method.name} "
+            f"on {instances} instances ({each} each), and it has no partial result",
+        )
 
 
 def _job_id(job_id: str) -> str:
