@@ -16,10 +16,11 @@ import hashlib
 import json
 import math
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +54,7 @@ from sidelight.jobs.queue import JobQueue
 from sidelight.jobs.spec import JobKind, JobSpec, JobState, JobStatus
 from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
+from sidelight.methods.checked import Stopped, checked
 from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model, PrivateModels
 from sidelight.models.registry import ModelRegistry, ModelVersion
@@ -78,6 +80,7 @@ WATCH_POLL_MIN_S = 0.005
 WATCH_POLL_MAX_S = 0.25
 SANITY_METHOD = "sanity"  # a sanity-check job's `method`, as GetJob shows it
 SANITY_MODES = ("cascading", "independent")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class EvaluateRequest:
     steps: int = 0
     reference: str = ""
     request_id: str = ""
+    deadline: float | None = None  # time.monotonic() deadline
 
 
 @dataclass(frozen=True)
@@ -392,19 +396,40 @@ class DataPlane:
             params = parse_params(method, request.params or {})
             method.check_params(model, params)
         requested = parse_targets(request.targets, inputs.shape[0], model.num_classes)
+        # Checked before each model call on the thread: a cancelled call (the client went
+        # away, or gRPC's deadline) and a passed deadline stop the work between two calls.
+        cancelled = threading.Event()
+
+        def check(_evaluations: int, _rows: int) -> str | None:
+            if cancelled.is_set():
+                return "cancelled"
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                return "deadline"
+            return None
+
         async with self._evaluations:
-            targets, scores = await asyncio.to_thread(
-                _score,
-                self._own(model),
-                inputs,
-                attributions,
-                requested,
-                metrics,
-                steps,
-                reference,
-                method,
-                params,
+            stoppable, _ = checked(self._own(model), check)
+            work = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _score,
+                    stoppable,
+                    inputs,
+                    attributions,
+                    requested,
+                    metrics,
+                    steps,
+                    reference,
+                    method,
+                    params,
+                )
             )
+            try:
+                targets, scores = await _until_stopped(work, cancelled)
+            except Stopped as stopped:
+                raise DeadlineExceeded(
+                    f"Evaluate: the call's deadline passed after {stopped.evaluations} model "
+                    "evaluations"
+                ) from None
         return Evaluation(scores, targets.numpy(), request.request_id)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -587,6 +612,22 @@ class DataPlane:
             split_result,
             rows_per_instance=method.rows_per_instance(params),
         )
+
+
+async def _until_stopped(work: asyncio.Future[T], cancelled: threading.Event) -> T:
+    """`work`'s result. If the caller is cancelled first, `cancelled` is set and the caller
+    waits on until `work` (a thread that checks the event between model calls) has ended: what
+    the caller holds (Evaluate's one-at-a-time guard) is released only once nothing runs."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancelled.set()
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: its Stopped is expected, nobody else will read it
+        raise
 
 
 def _job_result(status: JobStatus) -> Explanation:

@@ -3,6 +3,7 @@ computed directly, and bad requests name their field."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -121,3 +122,47 @@ def test_bad_requests_name_the_field(
         stub.Evaluate(evaluate_request(model, inputs, attributions, **fields), timeout=30)
     assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
     assert refused.value.details().startswith(field), refused.value.details()
+
+
+def costly_evaluate() -> pb.EvaluateRequest:
+    """Max-sensitivity of IG with 4096 steps on 16 digits: 8 x 16 x 4096 rows forward and
+    backward (minutes of CPU), in model calls of a fraction of a second."""
+    images = digit_images(16)
+    return evaluate_request(
+        "digits",
+        images,
+        np.ones_like(images),
+        metrics=["max_sensitivity"],
+        method="integrated_gradients",
+        params={"n_steps": 4096},
+    )
+
+
+def cpu_seconds_over(seconds: float) -> float:
+    """CPU time this process (the server is a thread of it) spends in the next `seconds`."""
+    before = time.process_time()
+    time.sleep(seconds)
+    return time.process_time() - before
+
+
+def test_cancelled_evaluate_calls_stop_their_work(stub: Any) -> None:
+    calls = []
+    for _ in range(3):  # one at a time: each cancelled call holds the guard until it stopped
+        call = stub.Evaluate.future(costly_evaluate())
+        time.sleep(0.5)
+        call.cancel()
+        calls.append(call)
+    time.sleep(1.0)  # the model call in progress when cancelled ends
+    assert cpu_seconds_over(1.5) < 0.3
+    assert all(call.cancelled() for call in calls)
+    images = digit_images(2)
+    reply = stub.Evaluate(evaluate_request("digits", images, np.ones_like(images)), timeout=30)
+    assert len(reply.faithfulness.deletion_auc) == 2  # and the next call runs
+
+
+def test_an_evaluate_call_stops_at_its_deadline(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Evaluate(costly_evaluate(), timeout=1.0)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.0)
+    assert cpu_seconds_over(1.5) < 0.3

@@ -78,7 +78,7 @@ def sanity_check_request(message: pb.SanityCheckRequest) -> dp.SanityCheckReques
     )
 
 
-def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
+def evaluate_request(message: pb.EvaluateRequest, deadline: float | None) -> dp.EvaluateRequest:
     return dp.EvaluateRequest(
         model=message.model,
         model_version=message.model_version,
@@ -91,6 +91,7 @@ def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
         steps=message.steps,
         reference=message.reference,
         request_id=message.request_id,
+        deadline=deadline,
     )
 
 
