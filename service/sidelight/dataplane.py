@@ -408,7 +408,7 @@ class DataPlane:
             return None
 
         async with self._evaluations:
-            stoppable, _ = checked(self._own(model), check)
+            stoppable = checked(self._own(model), check)
             work = asyncio.ensure_future(
                 asyncio.to_thread(
                     _score,

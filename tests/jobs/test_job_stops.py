@@ -114,7 +114,7 @@ def test_a_gradient_job_stops_at_its_deadline(
     assert done.state == pb.JobState.FAILED, (done.state, took)
     assert "deadline" in done.error and "integrated_gradients" in done.error
     assert not done.partial and not done.HasField("result")
-    assert took < 3.0
+    assert took < 4.0  # 7.4 s to its end before
     assert 0 < done.progress.model_evaluations < BIG_IG_EVALUATIONS
     assert [o.outcome for o in worker.outcomes] == ["failed"]
 
@@ -147,7 +147,7 @@ def test_cancel_stops_a_running_gradient_job(
     assert done.state == pb.JobState.CANCELLED
     wait_until(lambda: worker.outcomes, 30, "the worker to end the job")
     # The lease's heartbeat brings the cancel within a third of the lease, then one model call.
-    assert time.monotonic() - cancelled_at < QUEUE.lease_seconds / 3 + 1.5
+    assert time.monotonic() - cancelled_at < QUEUE.lease_seconds / 3 + 2.5
     assert [o.outcome for o in worker.outcomes] == ["cancelled"]
     assert worker.outcomes[0].evaluations < BIG_IG_EVALUATIONS
 
@@ -162,7 +162,7 @@ def test_a_lost_lease_stops_a_running_gradient_job(
     client.xclaim("sidelight:jobs", "workers", "another-worker", 0, [entry["message_id"]])
     taken_at = time.monotonic()
     wait_until(lambda: worker.outcomes, 30, "the worker to give the job up")
-    assert time.monotonic() - taken_at < QUEUE.lease_seconds / 3 + 1.5
+    assert time.monotonic() - taken_at < QUEUE.lease_seconds / 3 + 2.5
     assert [o.outcome for o in worker.outcomes] == ["lost"]
     # The worker stored nothing: the job is the other worker's now.
     status = stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=10)
@@ -177,7 +177,7 @@ def test_shutdown_hands_a_running_gradient_job_back(
     asked_at = time.monotonic()
     worker.stop()  # grace 0.2 s
     assert not worker.thread.is_alive()
-    assert time.monotonic() - asked_at < 0.2 + 1.5
+    assert time.monotonic() - asked_at < 0.2 + 2.5
     assert [o.outcome for o in worker.outcomes] == ["released"]
     status = stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=10)
     assert status.state == pb.JobState.QUEUED  # for another worker, at once

@@ -124,7 +124,7 @@ class JobRunner:
             return explanation
         # Scoring stops for a cancel, a lost lease or shutdown (Stopped, as above); a job past
         # its deadline or budget still scores what it computed.
-        scoring, _ = checked(model, lambda _evaluations, _rows: _ending(control))
+        scoring = checked(model, lambda _evaluations, _rows: _ending(control))
         scores = evaluate(
             scoring,
             inputs,
@@ -153,7 +153,7 @@ class JobRunner:
             control.progress(min(1.0, evaluations / planned), evaluations)
             return control.stop_reason(evaluations, rows)
 
-        stoppable, _ = checked(model, check)
+        stoppable = checked(model, check)
         attribution = run_chunked(
             batch,
             method.rows_per_instance(params),

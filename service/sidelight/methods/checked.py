@@ -51,8 +51,6 @@ class CheckedModule(nn.Module):
         return out
 
 
-def checked(model: Model, check: Check) -> tuple[Model, CheckedModule]:
-    """`model` whose every call asks `check` first (its layer and weights are the same), and
-    the module that counts the rows."""
-    module = CheckedModule(model.module, check)
-    return dataclasses.replace(model, module=module), module
+def checked(model: Model, check: Check) -> Model:
+    """`model` whose every call asks `check` first (its layer and weights are the same)."""
+    return dataclasses.replace(model, module=CheckedModule(model.module, check))
