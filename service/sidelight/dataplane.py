@@ -16,10 +16,11 @@ import hashlib
 import json
 import math
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +54,7 @@ from sidelight.jobs.queue import JobQueue
 from sidelight.jobs.spec import JobKind, JobSpec, JobState, JobStatus
 from sidelight.methods.base import Mode, Params, SeededParams
 from sidelight.methods.catalog import METHODS, AnyMethod, method_for, parse_params
+from sidelight.methods.checked import Stopped, checked
 from sidelight.methods.chunking import Measure
 from sidelight.models.model import Model, PrivateModels
 from sidelight.models.registry import ModelRegistry, ModelVersion
@@ -61,7 +63,7 @@ from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
-from sidelight.validation import check_baseline, parse_targets, validate_inputs
+from sidelight.validation import check_baseline, finite_params, parse_targets, validate_inputs
 
 SEED_BITS = 63
 # Batching groups (model, version, method, params, input shape) kept for reuse.
@@ -78,6 +80,7 @@ WATCH_POLL_MIN_S = 0.005
 WATCH_POLL_MAX_S = 0.25
 SANITY_METHOD = "sanity"  # a sanity-check job's `method`, as GetJob shows it
 SANITY_MODES = ("cascading", "independent")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class EvaluateRequest:
     steps: int = 0
     reference: str = ""
     request_id: str = ""
+    deadline: float | None = None  # time.monotonic() deadline
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,7 @@ class DataPlane:
         )
 
     async def explain(self, request: ExplainRequest) -> Explanation:
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         if method.mode is Mode.ASYNC:
@@ -367,6 +372,7 @@ class DataPlane:
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
         time: an on-demand audit, not a hot path)."""
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
@@ -390,19 +396,40 @@ class DataPlane:
             params = parse_params(method, request.params or {})
             method.check_params(model, params)
         requested = parse_targets(request.targets, inputs.shape[0], model.num_classes)
+        # Checked before each model call on the thread: a cancelled call (the client went
+        # away, or gRPC's deadline) and a passed deadline stop the work between two calls.
+        cancelled = threading.Event()
+
+        def check(_evaluations: int, _rows: int) -> str | None:
+            if cancelled.is_set():
+                return "cancelled"
+            if request.deadline is not None and time.monotonic() >= request.deadline:
+                return "deadline"
+            return None
+
         async with self._evaluations:
-            targets, scores = await asyncio.to_thread(
-                _score,
-                self._own(model),
-                inputs,
-                attributions,
-                requested,
-                metrics,
-                steps,
-                reference,
-                method,
-                params,
+            stoppable = checked(self._own(model), check)
+            work = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _score,
+                    stoppable,
+                    inputs,
+                    attributions,
+                    requested,
+                    metrics,
+                    steps,
+                    reference,
+                    method,
+                    params,
+                )
             )
+            try:
+                targets, scores = await _until_stopped(work, cancelled)
+            except Stopped as stopped:
+                raise DeadlineExceeded(
+                    f"Evaluate: the call's deadline passed after {stopped.evaluations} model "
+                    "evaluations"
+                ) from None
         return Evaluation(scores, targets.numpy(), request.request_id)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -416,6 +443,7 @@ class DataPlane:
         """Validate as Explain does, then queue. The seed and the model version are resolved
         now, so every delivery of the job computes the same thing."""
         queue = self._queue()
+        finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         raw = dict(request.params or {})
@@ -427,6 +455,8 @@ class DataPlane:
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
+        if budget is not None and method.mode is Mode.SYNC:
+            _budget_covers(method, params, inputs.shape[0], budget)
         if isinstance(params, SeededParams):
             params = params.model_copy(update={"seed": _seed(params)})
         now = time.time()
@@ -584,6 +614,22 @@ class DataPlane:
         )
 
 
+async def _until_stopped(work: asyncio.Future[T], cancelled: threading.Event) -> T:
+    """`work`'s result. If the caller is cancelled first, `cancelled` is set and the caller
+    waits on until `work` (a thread that checks the event between model calls) has ended: what
+    the caller holds (Evaluate's one-at-a-time guard) is released only once nothing runs."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancelled.set()
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: its Stopped is expected, nobody else will read it
+        raise
+
+
 def _job_result(status: JobStatus) -> Explanation:
     """A finished job's explanation, or the error that says why there is none."""
     if status.state is JobState.SUCCEEDED and status.result is not None:
@@ -715,6 +761,18 @@ def _positive_int(value: Any, name: str) -> int | None:
     if value < 1:
         raise InvalidParams(f"params.{name}", f"must be >= 1, not {int(value)}")
     return int(value)
+
+
+def _budget_covers(method: AnyMethod, params: Params, instances: int, budget: int) -> None:
+    """A job's budget for a method without a partial estimate (the synchronous ones: gradients,
+    CAM) must cover all of its passes: a smaller one could only buy a run that ends FAILED."""
+    each = method.evaluations_per_instance(params)
+    if budget < each * instances:
+        raise InvalidParams(
+            f"params.{BUDGET_PARAM}",
+            f"{budget} does not cover the {each * instances} model evaluations of {method.name} "
+            f"on {instances} instances ({each} each), and it has no partial result",
+        )
 
 
 def _job_id(job_id: str) -> str:

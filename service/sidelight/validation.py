@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from sidelight.errors import InvalidArgument, InvalidTarget, InvalidTensor
+from sidelight.errors import InvalidArgument, InvalidParams, InvalidTarget, InvalidTensor
 from sidelight.models.registry import ModelVersion
 from sidelight.tensors import DTYPES, RawTensor
 
@@ -82,3 +83,21 @@ def check_baseline(entry: ModelVersion, params: Any) -> None:
             f"model {entry.name!r} has no baseline {name!r}; "
             f"it has {sorted(entry.config.baselines)}",
         )
+
+
+def finite_params(params: Mapping[str, Any], field: str = "params") -> None:
+    """InvalidParams naming the first number in `params` (at any depth) that is NaN or Inf:
+    no method parameter, deadline or budget has a meaning for them, and they would otherwise
+    fail far from the request (in a bound check, a JSON encoder, an int())."""
+    for key, value in params.items():
+        _finite(value, f"{field}.{key}")
+
+
+def _finite(value: Any, field: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidParams(field, f"must be a finite number, not {value}")
+    if isinstance(value, Mapping):
+        finite_params(value, field)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _finite(item, f"{field}[{index}]")

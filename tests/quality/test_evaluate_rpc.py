@@ -3,13 +3,14 @@ computed directly, and bad requests name their field."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import ServerThread
+from conftest import ServerThread, wait_until
 from google.protobuf import struct_pb2
 from sidelight.client import explain_request, to_array
 from sidelight.models.registry import ModelRegistry
@@ -121,3 +122,51 @@ def test_bad_requests_name_the_field(
         stub.Evaluate(evaluate_request(model, inputs, attributions, **fields), timeout=30)
     assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
     assert refused.value.details().startswith(field), refused.value.details()
+
+
+def costly_evaluate() -> pb.EvaluateRequest:
+    """Max-sensitivity of IG with 4096 steps on 16 digits: 8 x 16 x 4096 rows forward and
+    backward (minutes of CPU), in model calls of a fraction of a second."""
+    images = digit_images(16)
+    return evaluate_request(
+        "digits",
+        images,
+        np.ones_like(images),
+        metrics=["max_sensitivity"],
+        method="integrated_gradients",
+        params={"n_steps": 4096},
+    )
+
+
+def goes_idle() -> None:
+    """Wait until this process (the server is a thread of it) spends under a fifth of a core
+    for half a second: once the model call in progress has ended, if the work stopped. Work
+    that goes on keeps one to two cores busy for minutes."""
+
+    def idle() -> bool:
+        before = time.process_time()
+        time.sleep(0.5)
+        return time.process_time() - before < 0.1
+
+    wait_until(idle, 15, "the server to stop computing")
+
+
+def test_cancelled_evaluate_calls_stop_their_work(stub: Any) -> None:
+    calls = []
+    for _ in range(3):  # one at a time: each cancelled call holds the guard until it stopped
+        call = stub.Evaluate.future(costly_evaluate())
+        time.sleep(0.5)
+        call.cancel()
+        calls.append(call)
+    goes_idle()
+    assert all(call.cancelled() for call in calls)
+    images = digit_images(2)
+    reply = stub.Evaluate(evaluate_request("digits", images, np.ones_like(images)), timeout=30)
+    assert len(reply.faithfulness.deletion_auc) == 2  # and the next call runs
+
+
+def test_an_evaluate_call_stops_at_its_deadline(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Evaluate(costly_evaluate(), timeout=1.0)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    goes_idle()

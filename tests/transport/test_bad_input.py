@@ -8,7 +8,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 from sidelight.client import explain_request
+from sidelight.transport import codec
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 
@@ -206,3 +208,34 @@ def test_too_many_instances_per_request(channel: grpc.Channel, server: Any) -> N
         pb_grpc.ExplainerStub(channel).Explain(explain_request("digits", big, "saliency"))
     assert raised.value.code() == INVALID
     assert "inputs.shape" in raised.value.details()
+
+
+def _with_params(message: Any, params: dict[str, Any]) -> Any:
+    """`message` with a params Struct that may hold NaN or Inf (Struct.update keeps them)."""
+    struct = struct_pb2.Struct()
+    struct.update(params)
+    message.params.CopyFrom(struct)
+    return message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("rpc", ["Explain", "SubmitJob", "Evaluate"])
+def test_nan_or_inf_in_params_names_the_key(channel: grpc.Channel, rpc: str, value: float) -> None:
+    stub = pb_grpc.ExplainerStub(channel)
+    params = {"samples": 2, "nested": {"ok": 1.0, "noise_level": [0.1, value]}}
+    x = digits(1)
+    message: Any
+    if rpc == "Evaluate":
+        message = pb.EvaluateRequest(
+            model="digits",
+            inputs=codec.tensor_to_proto(x),
+            attributions=codec.tensor_to_proto(x),
+            metrics=["max_sensitivity"],
+            method="smoothgrad",
+        )
+    else:
+        message = explain_request("digits", x, "smoothgrad")
+    with pytest.raises(grpc.RpcError) as raised:
+        getattr(stub, rpc)(_with_params(message, params), timeout=30)
+    assert raised.value.code() == INVALID, raised.value.details()
+    assert "params.nested.noise_level[1]" in raised.value.details()

@@ -411,6 +411,18 @@ BAD = {
         INVALID,
         "parameters.explain_params.n_steps",
     ),
+    "NaN in params": (
+        infer(
+            "digits",
+            digit_images(1),
+            parameters={
+                "explain_method": "kernel_shap",
+                "explain_params": '{"max_evaluations": NaN}',
+            },
+        ),
+        INVALID,
+        "parameters.explain_params.max_evaluations",
+    ),
     "param given twice": (
         infer(
             "tiny_torchscript",

@@ -133,9 +133,11 @@ class JobQueue(ABC):
             result=payload.encode_result(result),
         )
 
-    def fail(self, lease: Lease, reason: str, *, dead_letter: bool) -> None:
+    def fail(self, lease: Lease, reason: str, *, dead_letter: bool, evaluations: int = 0) -> None:
         """Mark FAILED with `reason` (and add a dead letter), acknowledge."""
-        self._end(lease, JobState.FAILED, error=reason, dead_letter=dead_letter)
+        self._end(
+            lease, JobState.FAILED, error=reason, dead_letter=dead_letter, evaluations=evaluations
+        )
 
     def cancelled(self, lease: Lease, evaluations: int) -> None:
         """The worker stopped a job whose cancellation it saw: CANCELLED, acknowledged."""

@@ -1,6 +1,11 @@
 """Run one job's spec to its result: an explain job to an Explanation, with the same validation
 and methods as the API's and the job's control (deadline, budget, cancellation) over every
-model call; a sanity-check job to its report, checking for cancellation between methods."""
+model call; a sanity-check job to its report, checking for cancellation between methods.
+
+A perturbation method asks the control between its rounds and returns a partial estimate when
+stopped. Any other method (gradients, CAM) runs on a model that asks the control before every
+call (sidelight.methods.checked) and raises Stopped: it has no estimate from part of its
+passes, so the worker ends the job CANCELLED, hands it back, or FAILED with the reason."""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import torch
 
 from sidelight.errors import InvalidParams
 from sidelight.explanations import Explanation, explanation_of, summarize
-from sidelight.jobs.spec import JobKind, JobResult, JobSpec
-from sidelight.methods.base import Batch, SeededParams
-from sidelight.methods.catalog import method_for, parse_params
+from sidelight.jobs.spec import JobKind, JobResult, JobSpec, StopReason
+from sidelight.methods.base import Attribution, Batch, Params, SeededParams
+from sidelight.methods.catalog import AnyMethod, method_for, parse_params
+from sidelight.methods.checked import checked
 from sidelight.methods.chunking import run_chunked
 from sidelight.methods.perturbation import Control, Evaluator, PerturbationMethod
 from sidelight.models.model import Model, PrivateModels
@@ -97,15 +103,8 @@ class JobRunner:
         max_rows = rows_per_call(inputs, self.max_rows, self.max_call_bytes)
         if isinstance(method, PerturbationMethod):
             attribution = method.run(model, batch, params, Evaluator(model, max_rows, control))
-        else:  # a gradient method queued as a job: quick, so it runs whole
-            attribution = run_chunked(
-                batch,
-                method.rows_per_instance(params),
-                max_rows,
-                lambda part: method.attribute(model, part, params, max_rows),
-            )
-            evaluations = attribution.evaluations_per_instance * len(batch)
-            control.progress(1.0, evaluations)
+        else:
+            attribution = self._whole(method, model, batch, params, max_rows, control)
         result = summarize(method, model, attribution)
         explanation = explanation_of(
             entry.name,
@@ -123,8 +122,11 @@ class JobRunner:
         explanation = dataclasses.replace(explanation, explanation_id=spec.job_id)
         if not spec.evaluate or attribution.stopped_by in ("cancelled", "lost", "shutdown"):
             return explanation
+        # Scoring stops for a cancel, a lost lease or shutdown (Stopped, as above); a job past
+        # its deadline or budget still scores what it computed.
+        scoring = checked(model, lambda _evaluations, _rows: _ending(control))
         scores = evaluate(
-            model,
+            scoring,
             inputs,
             attribution.attributions.float(),
             attribution.targets,
@@ -133,6 +135,40 @@ class JobRunner:
         )
         quality = dataclasses.replace(explanation.quality, faithfulness=scores)
         return dataclasses.replace(explanation, quality=quality)
+
+    def _whole(
+        self,
+        method: AnyMethod,
+        model: Model,
+        batch: Batch,
+        params: Params,
+        max_rows: int,
+        control: Control,
+    ) -> Attribution:
+        """A method without a partial estimate (gradients, CAM), in calls of at most `max_rows`
+        rows, each asking `control` first (Stopped when refused); progress between calls."""
+        planned = max(1, method.evaluations_per_instance(params) * len(batch))
+
+        def check(evaluations: int, rows: int) -> str | None:
+            control.progress(min(1.0, evaluations / planned), evaluations)
+            return control.stop_reason(evaluations, rows)
+
+        stoppable = checked(model, check)
+        attribution = run_chunked(
+            batch,
+            method.rows_per_instance(params),
+            max_rows,
+            lambda part: method.attribute(stoppable, part, params, max_rows),
+        )
+        control.progress(1.0, attribution.evaluations_per_instance * len(batch))
+        return attribution
+
+
+def _ending(control: Control) -> str | None:
+    """Why the job ends now if it must (cancelled, lost, shut down), ignoring its deadline and
+    budget."""
+    reason = control.stop_reason(0, 0)  # no rows: no budget to exceed
+    return None if reason == StopReason.DEADLINE else reason
 
 
 class _Stopped(Exception):

@@ -4,7 +4,9 @@ While a job runs, a heartbeat thread renews its lease every third of `lease_seco
 renewal also brings news of a cancellation (the job stops at its next model call and ends
 CANCELLED) or of a takeover (another worker holds the job now: this one stops and stores
 nothing). On shutdown the worker stops claiming; the job in hand gets `grace_seconds` to
-finish, after which it is handed back to the queue for another worker.
+finish, after which it is handed back to the queue for another worker. A job past its deadline
+or budget stores its partial result; a method that has none (gradients, CAM) ends FAILED,
+saying where it stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sidelight.explanations import Explanation
 from sidelight.jobs.queue import Hold, JobQueue, Lease
 from sidelight.jobs.runner import JobRunner
 from sidelight.jobs.spec import JobResult, StopReason
+from sidelight.methods.checked import Stopped
 from sidelight.metrics import JobMetrics
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,20 @@ class Worker:
     def _execute(self, lease: Lease, control: LeaseControl) -> str:
         try:
             result = self.runner.run(lease.spec, control)
+        except Stopped as stop:
+            ending = self._stopped(lease, control, stop.reason, stop.evaluations)
+            if ending is not None:
+                return ending
+            spent = stop.evaluations
+            problem = (
+                f"stopped by its {stop.reason} after {spent} model evaluations: "
+                f"{lease.spec.method} has no estimate from part of its passes (only the "
+                "perturbation methods return a partial result)"
+            )
+            return self._settle(
+                lambda: self.queue.fail(lease, problem, dead_letter=False, evaluations=spent),
+                "failed",
+            )
         except (InvalidArgument, NotFound) as exc:
             # The request cannot run here (a model or version this worker does not have, a
             # spec that no longer validates): no other delivery would do better.
@@ -194,15 +211,12 @@ class Worker:
         stopped = (
             result.quality.stopped_by if isinstance(result, Explanation) else result.stopped_by
         )
-        if control.lost or stopped == StopReason.LOST:
-            return "lost"
-        if stopped == SHUTDOWN:
-            return self._settle(lambda: self.queue.release(lease), "released")
-        if control.cancelled or stopped == StopReason.CANCELLED:
-            evaluations = control.evaluations
-            if isinstance(result, Explanation):
-                evaluations = result.quality.model_evaluations
-            return self._settle(lambda: self.queue.cancelled(lease, evaluations), "cancelled")
+        evaluations = control.evaluations
+        if isinstance(result, Explanation):
+            evaluations = result.quality.model_evaluations
+        ending = self._stopped(lease, control, stopped, evaluations)
+        if ending is not None:
+            return ending
         # Recorded before it is stored (what a client can read is recorded); while the audit
         # store is down (strict mode) the job waits here, pending, like a result the queue
         # cannot take yet.
@@ -215,6 +229,19 @@ class Worker:
         if not stored:
             return "duplicate"
         return "partial" if stopped else "succeeded"
+
+    def _stopped(
+        self, lease: Lease, control: LeaseControl, reason: str, evaluations: int
+    ) -> str | None:
+        """How a job ends that was lost, shut down or cancelled (it keeps no result); None
+        when it stopped for none of these (a partial result, or none at all)."""
+        if control.lost or reason == StopReason.LOST:
+            return "lost"
+        if reason == SHUTDOWN:
+            return self._settle(lambda: self.queue.release(lease), "released")
+        if control.cancelled or reason == StopReason.CANCELLED:
+            return self._settle(lambda: self.queue.cancelled(lease, evaluations), "cancelled")
+        return None
 
     def _record(self, lease: Lease, explanation: Explanation) -> bool:
         assert self.audit is not None
@@ -237,8 +264,14 @@ class Worker:
         return True
 
     def _settle(self, write: Callable[[], object], outcome: str) -> str:
-        """`outcome` once `write` lands; "lost" if it never does (see `_write`)."""
-        return "lost" if self._write(write) is None else outcome
+        """`outcome` once `write` lands; "lost" if it never does (see `_write`). The queue's
+        fail, cancelled and release answer None, which `_write` would read as never landed."""
+
+        def landed() -> bool:
+            write()
+            return True
+
+        return "lost" if self._write(landed) is None else outcome
 
     def _write(self, write: Callable[[], T]) -> T | None:
         """Write the job's end to the queue, retrying while it is unreachable: the result is

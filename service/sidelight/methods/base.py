@@ -103,6 +103,11 @@ class Method(ABC, Generic[P]):
         """Rows one instance puts through the model in one device call (for chunk sizing)."""
         return 1
 
+    def evaluations_per_instance(self, params: P) -> int:
+        """Model evaluations one instance costs, as its Attribution reports them: what a job's
+        budget must cover (a method without a partial estimate is refused a smaller one)."""
+        return 1
+
     def check(self, model: Model) -> None:
         """Raise ConfigError if `model` cannot support this method beyond its capabilities."""
 

@@ -34,6 +34,9 @@ class DeepLift(Method[DeepLiftParams]):
     def rows_per_instance(self, params: DeepLiftParams) -> int:
         return 2  # Captum runs inputs and baselines in one call
 
+    def evaluations_per_instance(self, params: DeepLiftParams) -> int:
+        return 3
+
     def attribute(
         self, model: Model, batch: Batch, params: DeepLiftParams, max_rows: int
     ) -> Attribution:
@@ -48,4 +51,5 @@ class DeepLift(Method[DeepLiftParams]):
                 .detach()
             )
         error, gap = completeness(attributions, outputs, targets, reference)
-        return Attribution(attributions, outputs, targets, 3, error, gap)
+        evaluations = self.evaluations_per_instance(params)
+        return Attribution(attributions, outputs, targets, evaluations, error, gap)

@@ -20,6 +20,9 @@ class GuidedGradCam(Method[GuidedGradCamParams]):
     needs = frozenset({Capability.GRADIENTS, Capability.MODULE_RULES, Capability.LAYER})
     summary = "Guided Backpropagation masked by the upsampled Grad-CAM map."
 
+    def evaluations_per_instance(self, params: GuidedGradCamParams) -> int:
+        return 2
+
     def attribute(
         self, model: Model, batch: Batch, params: GuidedGradCamParams, max_rows: int
     ) -> Attribution:
@@ -30,5 +33,5 @@ class GuidedGradCam(Method[GuidedGradCamParams]):
             lambda score, x: CaptumGuidedGradCam(score, layer).attribute(
                 x, interpolate_mode="bilinear"
             ),
-            evaluations=2,
+            evaluations=self.evaluations_per_instance(params),
         )

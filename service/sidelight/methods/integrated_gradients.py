@@ -98,6 +98,9 @@ class IntegratedGradients(Method[IntegratedGradientsParams]):
     def rows_per_instance(self, params: IntegratedGradientsParams) -> int:
         return params.n_steps
 
+    def evaluations_per_instance(self, params: IntegratedGradientsParams) -> int:
+        return params.n_steps + 2  # the steps, the input, the baseline
+
     def attribute(
         self, model: Model, batch: Batch, params: IntegratedGradientsParams, max_rows: int
     ) -> Attribution:
@@ -118,7 +121,7 @@ class IntegratedGradients(Method[IntegratedGradientsParams]):
             attributions,
             outputs,
             targets,
-            evaluations_per_instance=params.n_steps + 2,
+            evaluations_per_instance=self.evaluations_per_instance(params),
             completeness_error=error,
             reference_gap=gap,
         )

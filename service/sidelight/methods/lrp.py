@@ -77,6 +77,9 @@ class Lrp(Method[LrpParams]):
                     f"lrp has no rule for layer {name!r} ({type(layer).__name__})",
                 )
 
+    def evaluations_per_instance(self, params: LrpParams) -> int:
+        return 2
+
     def attribute(
         self, model: Model, batch: Batch, params: LrpParams, max_rows: int
     ) -> Attribution:
@@ -89,6 +92,9 @@ class Lrp(Method[LrpParams]):
             result: torch.Tensor = CaptumLRP(score).attribute(x)
             return result
 
-        result = single_pass(model, batch, lrp, evaluations=2)
+        evaluations = self.evaluations_per_instance(params)
+        result = single_pass(model, batch, lrp, evaluations=evaluations)
         error, gap = completeness(result.attributions, result.outputs, result.targets, None)
-        return Attribution(result.attributions, result.outputs, result.targets, 2, error, gap)
+        return Attribution(
+            result.attributions, result.outputs, result.targets, evaluations, error, gap
+        )

@@ -67,6 +67,10 @@ class _NoiseTunnel(Method[NoiseParams]):
         base = self.bases[params.base]
         return params.samples * base.rows_per_instance(base.params_type())
 
+    def evaluations_per_instance(self, params: NoiseParams) -> int:
+        base = self.bases[params.base]
+        return 1 + params.samples * base.evaluations_per_instance(base.params_type())
+
     def check_params(self, model: Model, params: NoiseParams) -> None:
         missing = self.bases[params.base].needs - model.capabilities
         if missing:  # e.g. guided_backprop on TorchScript: its rules would silently not apply

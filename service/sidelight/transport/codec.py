@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from sidelight import dataplane as dp
 from sidelight import tensors
@@ -31,6 +31,24 @@ def tensor_to_proto(array: npt.NDArray[Any]) -> pb.Tensor:
     return pb.Tensor(dtype=dtype, shape=shape, data=data)
 
 
+def params_from_proto(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A request's params as plain values, as json_format.MessageToDict gives them, except
+    that NaN and Inf are kept: MessageToDict raises ValueError for them (an INTERNAL error),
+    and the data plane refuses them naming the key (sidelight.validation.finite_params)."""
+    return {key: _plain(value) for key, value in struct.fields.items()}
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return params_from_proto(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
+
+
 def explain_request(
     message: pb.ExplainRequest, deadline: float | None, caller: str = ""
 ) -> dp.ExplainRequest:
@@ -40,7 +58,7 @@ def explain_request(
         inputs=raw_tensor(message.inputs),
         method=message.method,
         targets=list(message.targets),
-        params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
+        params=params_from_proto(message.params),
         request_id=message.request_id,
         deadline=deadline,
         subject_id=message.subject_id,
@@ -60,7 +78,7 @@ def sanity_check_request(message: pb.SanityCheckRequest) -> dp.SanityCheckReques
     )
 
 
-def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
+def evaluate_request(message: pb.EvaluateRequest, deadline: float | None) -> dp.EvaluateRequest:
     return dp.EvaluateRequest(
         model=message.model,
         model_version=message.model_version,
@@ -69,10 +87,11 @@ def evaluate_request(message: pb.EvaluateRequest) -> dp.EvaluateRequest:
         targets=list(message.targets),
         metrics=list(message.metrics),
         method=message.method,
-        params=json_format.MessageToDict(message.params) if message.HasField("params") else {},
+        params=params_from_proto(message.params),
         steps=message.steps,
         reference=message.reference,
         request_id=message.request_id,
+        deadline=deadline,
     )
 
 

@@ -57,7 +57,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
         self, request: pb.EvaluateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EvaluateResponse:
         async def answer() -> pb.EvaluateResponse:
-            evaluation = await self._plane.evaluate(codec.evaluate_request(request))
+            call = codec.evaluate_request(request, deadline(context))
+            evaluation = await self._plane.evaluate(call)
             return codec.evaluation_to_proto(evaluation)
 
         return await self._calls.answer("Evaluate", request.model, request.method, context, answer)
