@@ -58,6 +58,11 @@ def add_commands(commands: Any) -> None:
         "--redis-url", help="queue jobs on this Redis (default: in-process, embedded workers)"
     )
     serve.add_argument(
+        "--redis-url-file",
+        type=Path,
+        help="a file holding the --redis-url (a mounted secret: kept out of the process list)",
+    )
+    serve.add_argument(
         "--embedded-workers",
         type=int,
         default=JobSettings.embedded_workers,
