@@ -397,3 +397,23 @@ def test_a_head_behind_its_records_refuses_appends(store: AuditStore) -> None:
     with pytest.raises(AuditUnavailable, match="verify"):
         store.append([make_record(3)])
     assert store.count() == 2
+
+
+def test_the_sqlite_store_its_wal_and_the_data_folder_are_private(tmp_path: Path) -> None:
+    # Records name people and their decisions: no other user of the machine reads them, whatever
+    # the umask (0022 made them 0644).
+    from sidelight.audit.log import AuditLog
+    from sidelight.settings import AuditSettings
+
+    folder = tmp_path / "audit"
+    log = AuditLog.open(AuditSettings(data_dir=folder))
+    assert log is not None
+    try:
+        log.store.append([make_record(1)])
+        files = sorted(p.name for p in folder.iterdir())
+        assert {"audit.db", "audit.db-wal"} <= set(files)
+        for path in folder.iterdir():
+            assert path.stat().st_mode & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
+        assert folder.stat().st_mode & 0o077 == 0
+    finally:
+        log.close()

@@ -174,7 +174,7 @@ class AuditLog:
         the keys read from the data directory (created there on first use)."""
         if not settings.enabled:
             return None
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, records
         store = AuditStore.open(settings.store_url)
         key = keyfiles.read_or_create(
             settings.data_dir / INPUT_KEY_FILE, lambda: base64.b64encode(os.urandom(32)) + b"\n"
