@@ -61,7 +61,13 @@ from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
-from sidelight.validation import check_baseline, parse_targets, validate_inputs
+from sidelight.validation import (
+    check_baseline,
+    check_length,
+    check_lengths,
+    parse_targets,
+    validate_inputs,
+)
 
 SEED_BITS = 63
 # Batching groups (model, version, method, params, input shape) kept for reuse.
@@ -248,6 +254,8 @@ class DataPlane:
         """Whether the model can serve now: False for a model that failed to load (it is
         known, with its error) and for a remote model whose endpoint's last probe or call
         failed; ModelNotFound / VersionNotFound for what the repository does not hold."""
+        check_length("model", name)
+        check_length("model_version", version)
         if name in self._registry.unavailable:
             return False
         entry = self._registry.get(name, version)
@@ -256,6 +264,8 @@ class DataPlane:
 
     def describe_model(self, name: str, version: str = "") -> ModelDescription:
         """ModelNotFound / VersionNotFound for what is not loaded."""
+        check_length("model", name)
+        check_length("model_version", version)
         entry = self._registry.get(name, version)
         return ModelDescription(
             name=entry.name,
@@ -268,6 +278,7 @@ class DataPlane:
         )
 
     async def predict(self, request: PredictRequest) -> Prediction:
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         group = self._predict_group(entry.name, entry.version, tuple(inputs.shape[1:]))
@@ -292,6 +303,7 @@ class DataPlane:
         )
 
     async def explain(self, request: ExplainRequest) -> Explanation:
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
         if method.mode is Mode.ASYNC:
@@ -367,6 +379,7 @@ class DataPlane:
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
         time: an on-demand audit, not a hot path)."""
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
@@ -415,6 +428,7 @@ class DataPlane:
     async def submit_job(self, request: ExplainRequest) -> JobStatus:
         """Validate as Explain does, then queue. The seed and the model version are resolved
         now, so every delivery of the job computes the same thing."""
+        check_lengths(request)
         queue = self._queue()
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
@@ -451,6 +465,7 @@ class DataPlane:
 
     async def submit_sanity_check(self, request: SanityCheckRequest) -> JobStatus:
         """Queue the randomization checks of `sidelight sanity` for these inputs."""
+        check_lengths(request)
         queue = self._queue()
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
@@ -494,6 +509,7 @@ class DataPlane:
         perturbation method as a job, submitted, then waited for until the request's
         deadline. The job is cancelled when the wait ends early (the caller went away, or its
         deadline passed): nobody is left to read its result."""
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         if method_for(entry.primary, request.method).mode is Mode.SYNC:
             return Explained(await self.explain(request))
@@ -725,8 +741,9 @@ def _identifier(value: str, field: str, what: str) -> str:
     """Ids Sidelight hands out (jobs, explanations, records): letters and digits, at most 64."""
     if not value:
         raise InvalidArgument(field, "is empty")
-    if len(value) > 64 or not value.isalnum():
-        raise InvalidArgument(field, f"is not {what} (letters and digits, at most 64)")
+    check_length(field, value)
+    if not value.isalnum():
+        raise InvalidArgument(field, f"is not {what} (letters and digits only)")
     return value
 
 

@@ -40,6 +40,7 @@ from sidelight.jobs.spec import JobState
 from sidelight.settings import JobSettings
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
+from sidelight.validation import STRING_LIMITS
 from sklearn.datasets import load_breast_cancer, load_digits
 
 pytestmark = pytest.mark.slow
@@ -452,6 +453,16 @@ BAD = {
         infer("tiny_torchscript", tiny_rows(MAX_ROWS + 1)),
         INVALID,
         "inputs[0].shape",
+    ),
+    "an id over its limit": (
+        infer("digits", digit_images(1), id="i" * (STRING_LIMITS["request_id"] + 1)),
+        INVALID,
+        "id",
+    ),
+    "a model name of a megabyte": (
+        infer("m" * 1_000_000, digit_images(1)),
+        INVALID,
+        "model_name",
     ),
     "unknown requested output": (
         infer("digits", digit_images(1), outputs=["nope"]),

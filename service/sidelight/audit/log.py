@@ -319,9 +319,12 @@ class AuditLog:
     def _lost(self, record: AuditRecord, exc: Exception) -> None:
         if self.settings.mode == "strict":
             self._metrics.records.labels(record.kind.value, "refused").inc()
+            why = exc.public if isinstance(exc, Unavailable) else "see the server's log"
             raise AuditUnavailable(
                 f"the audit log cannot record this {record.kind.value} ({exc}); "
-                "it is not returned unrecorded: retry later"
+                "it is not returned unrecorded: retry later",
+                public=f"the audit log cannot record this {record.kind.value} ({why}); "
+                "it is not returned unrecorded: retry later",
             ) from exc
         self._metrics.records.labels(record.kind.value, "lost").inc()
         log.error("audit record %s not written (best-effort mode): %s", record.record_id, exc)

@@ -162,9 +162,7 @@ def read_secret_files(
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError(
-                f"{file_key} {path}: cannot read it ({exc.strerror or exc})"
-            ) from exc
+            raise ConfigError(f"{file_key} {path}: cannot read it ({exc.strerror or exc})") from exc
         setattr(args, key, text.strip())
         filled[key] = f"file {path}"
     return filled

@@ -259,7 +259,8 @@ class RedisJobQueue(JobQueue):
             return what()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Unavailable(
-                f"the job queue (Redis at {self._safe_url}) is unreachable: {exc}"
+                f"the job queue (Redis at {self._safe_url}) is unreachable: {exc}",
+                public="the job queue is unreachable: retry later",
             ) from exc
 
     @property

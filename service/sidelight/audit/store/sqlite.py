@@ -45,7 +45,10 @@ def make_engine(url: URL) -> Engine:
         Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _private_file(Path(database))
     except OSError as exc:
-        raise AuditUnavailable(f"audit store {url}: cannot create its folder: {exc}") from exc
+        raise AuditUnavailable(
+            f"audit store {url}: cannot create its folder: {exc}",
+            public="the audit store cannot be created",
+        ) from exc
     # hide_parameters: a database error's text never carries record contents into a log.
     engine = create_engine(url, hide_parameters=True, connect_args={"timeout": BUSY_TIMEOUT_S})
     event.listen(engine, "connect", _connect)
