@@ -30,6 +30,7 @@ from sidelight.audit.log import AuditLog
 from sidelight.audit.record import AuditRecord
 from sidelight.audit.store import StoredRecord
 from sidelight.batching.scheduler import Group, Scheduler
+from sidelight.blocking import BlockingCalls
 from sidelight.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -208,8 +209,14 @@ class DataPlane:
         sampler: FaithfulnessSampler | None = None,
         audit: AuditLog | None = None,
         max_instances_per_request: int = 1024,
+        job_calls: BlockingCalls | None = None,
+        audit_calls: BlockingCalls | None = None,
     ) -> None:
         self._registry = registry
+        # The job queue's and the audit store's blocking calls, each on threads of its own: a
+        # hung Redis or database holds its own threads, never the ones other calls need.
+        self._job_calls = job_calls or BlockingCalls("job queue", threads=8, wait_s=5.0)
+        self._audit_calls = audit_calls or BlockingCalls("audit store", threads=4, wait_s=5.0)
         self._scheduler = scheduler
         self._jobs = jobs
         self._sampler = sampler
@@ -226,6 +233,10 @@ class DataPlane:
     @property
     def registry(self) -> ModelRegistry:
         return self._registry
+
+    def close(self) -> None:
+        self._job_calls.close()
+        self._audit_calls.close()
 
     def list_models(self) -> list[ModelSummary]:
         summaries = []
@@ -367,14 +378,14 @@ class DataPlane:
         have to be read from, or created in, the store)."""
         assert self._audit is not None
         if self._audit.settings.store_inputs and kw.get("subject_id"):
-            return await asyncio.to_thread(build, *args, **kw)
+            return await self._audit_calls.run(build, *args, **kw)
         return build(*args, **kw)
 
     async def get_audit_record(self, record_id: str) -> StoredRecord:
         if self._audit is None:
             raise Unavailable("this server keeps no audit log (--audit off)")
         record_id = _identifier(record_id, "record_id", "a record id")
-        return await asyncio.to_thread(self._audit.store.get, record_id)
+        return await self._audit_calls.run(self._audit.store.get, record_id)
 
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
@@ -461,7 +472,7 @@ class DataPlane:
             subject_id=request.subject_id,
             caller=request.caller,
         )
-        return await asyncio.to_thread(queue.submit, spec)
+        return await self._job_calls.run(queue.submit, spec)
 
     async def submit_sanity_check(self, request: SanityCheckRequest) -> JobStatus:
         """Queue the randomization checks of `sidelight sanity` for these inputs."""
@@ -501,7 +512,7 @@ class DataPlane:
             kind=JobKind.SANITY,
         )
         del inputs  # validated only: the worker decodes the spec's bytes
-        return await asyncio.to_thread(queue.submit, spec)
+        return await self._job_calls.run(queue.submit, spec)
 
     async def explain_within_call(self, request: ExplainRequest) -> Explained:
         """Explain with any method and answer within the call, for protocols that have no jobs
@@ -539,10 +550,10 @@ class DataPlane:
             await self.cancel_job(job_id)
 
     async def get_job(self, job_id: str) -> JobStatus:
-        return await asyncio.to_thread(self._queue().status, _job_id(job_id))
+        return await self._job_calls.run(self._queue().status, _job_id(job_id))
 
     async def cancel_job(self, job_id: str) -> JobStatus:
-        return await asyncio.to_thread(self._queue().cancel, _job_id(job_id))
+        return await self._job_calls.run(self._queue().cancel, _job_id(job_id))
 
     async def watch_job(self, job_id: str) -> AsyncIterator[JobStatus]:
         """The job now, then at each change of state or progress, until it ends."""
@@ -550,7 +561,7 @@ class DataPlane:
         seen: tuple[Any, ...] | None = None
         pause = WATCH_POLL_MIN_S
         while True:
-            status = await asyncio.to_thread(queue.status, job_id)
+            status = await self._job_calls.run(queue.status, job_id)
             now = (status.state, status.fraction, status.evaluations, status.deliveries)
             if now != seen:
                 seen = now

@@ -80,8 +80,13 @@ class JobSettings:
     max_call_bytes: int = 64 << 20
     # A worker asked to stop lets its job run this long, then hands it back.
     grace_seconds: float = 20.0
+    # A Redis command that has not answered in this long fails (UNAVAILABLE): a hung Redis
+    # (stopped, partitioned) costs a call this long, not forever. Connecting: 1 s at most.
+    redis_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.redis_timeout_s <= 0:
+            raise ValueError("redis_timeout_s must be > 0")
         if self.embedded_workers < 0:
             raise ValueError("embedded_workers must be >= 0")
         if self.max_rows_per_call < 1:

@@ -748,18 +748,22 @@ def test_health_answers_for_the_inference_service(oip_server: ServerThread) -> N
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_server_ready_follows_the_job_queue(repository: Path, redis_server: RedisServer) -> None:
+def test_server_ready_stays_true_while_redis_is_down(
+    repository: Path, redis_server: RedisServer
+) -> None:
+    # Predict and explain-within-the-call of gradient methods need no Redis: a Triton client
+    # polling ServerReady keeps sending them. The jobs' readiness is apart (health service
+    # sidelight.v1.Explainer.jobs).
     settings = replace(server_settings(repository), jobs=JobSettings(redis_url=redis_server.url))
     server = ServerThread(settings)
     readiness = {"live": {"call": "is_server_live"}, "ready": {"call": "is_server_ready"}}
     try:
         assert call_oip(server, readiness) == {"live": True, "ready": True}
         redis_server.kill()
-        wait_until(lambda: not server.service.readiness.ready, 30, "readiness to drop")
-        assert call_oip(server, readiness) == {"live": True, "ready": False}
-        redis_server.start()
-        wait_until(lambda: server.service.readiness.ready, 30, "readiness to come back")
+        wait_until(lambda: not server.service.readiness.jobs_ready, 30, "jobs readiness to drop")
         assert call_oip(server, readiness) == {"live": True, "ready": True}
+        redis_server.start()
+        wait_until(lambda: server.service.readiness.jobs_ready, 30, "jobs readiness back")
     finally:
         server.stop()
 
