@@ -209,6 +209,8 @@ class DataPlane:
         sampler: FaithfulnessSampler | None = None,
         audit: AuditLog | None = None,
         max_instances_per_request: int = 1024,
+        max_evaluations_per_request: int = 1 << 18,
+        max_evaluations_per_job: int = 1 << 24,
         job_calls: BlockingCalls | None = None,
         audit_calls: BlockingCalls | None = None,
     ) -> None:
@@ -224,6 +226,8 @@ class DataPlane:
         self._evaluations = asyncio.Semaphore(1)
         self._own = PrivateModels()  # Evaluate's copies, never the executor's modules
         self._max_instances = max_instances_per_request
+        self._max_evaluations = max_evaluations_per_request
+        self._max_job_evaluations = max_evaluations_per_job
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
         # is made again when needed (requests queued under it are unaffected).
@@ -325,6 +329,7 @@ class DataPlane:
         method.check_params(entry.primary, params)
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        _check_cost(method, params, inputs.shape[0], self._max_evaluations, "request")
         targets = parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
         seed = None
         if isinstance(params, SeededParams):
@@ -452,6 +457,13 @@ class DataPlane:
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
+        if budget is not None and budget > self._max_job_evaluations:
+            raise InvalidParams(
+                f"params.{BUDGET_PARAM}",
+                f"{budget} is over the limit of {self._max_job_evaluations} per job",
+            )
+        if method.mode is Mode.SYNC:  # a gradient method's cost is known before it runs
+            _check_cost(method, params, inputs.shape[0], self._max_job_evaluations, "job")
         if isinstance(params, SeededParams):
             params = params.model_copy(update={"seed": _seed(params)})
         now = time.time()
@@ -465,7 +477,8 @@ class DataPlane:
             targets=tuple(int(t) for t in request.targets),
             params=params.model_dump(mode="json", exclude_defaults=True),
             deadline=None if deadline_s is None else now + deadline_s,
-            max_evaluations=budget,
+            # Every job is bounded: one that names no budget stops at the limit (partial).
+            max_evaluations=budget or self._max_job_evaluations,
             submitted_at=now,
             digest=_request_digest(request),
             evaluate=evaluate,
@@ -620,6 +633,21 @@ def _job_result(status: JobStatus) -> Explanation:
     if status.state is JobState.EXPIRED:
         raise DeadlineExceeded(f"job {status.job_id}: its deadline passed before it started")
     raise JobFailed(status.job_id, f"{status.state.value}: {status.error or 'no result'}")
+
+
+def _check_cost(method: AnyMethod, params: Params, instances: int, limit: int, per: str) -> None:
+    """InvalidArgument naming what sets the cost when `instances` x the method's rows per
+    instance is over `limit` model evaluations: refused before anything runs."""
+    rows = method.rows_per_instance(params)
+    if instances * rows <= limit:
+        return
+    field = f"params.{method.cost_param}" if method.cost_param else "inputs.shape"
+    raise InvalidArgument(
+        field,
+        f"{instances} instances x {rows} model evaluations each = {instances * rows}; "
+        f"at most {limit} per {per}: send fewer instances"
+        + (f" or lower {method.cost_param}" if method.cost_param else ""),
+    )
 
 
 def _method_summary(method: AnyMethod) -> MethodSummary:

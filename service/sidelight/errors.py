@@ -130,7 +130,12 @@ class SubjectErased(NotFound):
 
 
 class Overloaded(SidelightError):
-    """Admitting the request would exceed a configured capacity."""
+    """Admitting the request would exceed a configured capacity. `retry_after_s`: how long
+    the caller should wait before trying again (sent as `retry-after` trailing metadata)."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(SidelightError):

@@ -74,6 +74,9 @@ READINESS_PERIOD_S = 1.0
 # event loop's default pool (sidelight.blocking): one hung dependency holds only its own.
 JOB_QUEUE_THREADS = 8
 AUDIT_THREADS = 4
+# RPCs gRPC takes beyond the calls answered at once (ServerSettings.max_concurrent_rpcs): health
+# checks, and refusals on their way out.
+GRPC_RPCS_HEADROOM = 28
 SERVICE_NAME = explainer_pb2.DESCRIPTOR.services_by_name["Explainer"].full_name
 # Readiness of the jobs apart (SubmitJob, GetJob, ...): NOT_SERVING while Redis does not answer,
 # when synchronous calls are still served.
@@ -212,21 +215,26 @@ class Service:
             sampler=sampler,
             audit=audit,
             max_instances_per_request=settings.max_instances_per_request,
+            max_evaluations_per_request=settings.max_evaluations_per_request,
+            max_evaluations_per_job=settings.jobs.max_evaluations_per_job,
             job_calls=job_calls,
             audit_calls=BlockingCalls("audit store", threads=AUDIT_THREADS, wait_s=5.0),
         )
 
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                ("grpc.max_send_message_length", settings.max_send_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            # gRPC's own cap, before a message is read: a backstop for memory above the calls'
+            # own (Calls), which leaves room for health checks and says when to retry.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs + GRPC_RPCS_HEADROOM,
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         readiness = Readiness(health_servicer, (SERVICE_NAME, OIP_SERVICE_NAME), JOBS_SERVICE_NAME)
-        calls = Calls(metrics, registry.names())
+        calls = Calls(metrics, registry.names(), settings.max_concurrent_rpcs)
         explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
             ExplainerServicer(plane, calls), server
         )
