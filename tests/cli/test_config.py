@@ -198,8 +198,10 @@ def test_a_url_and_its_file_together_or_a_missing_file_are_refused(tmp_path: Pat
     both = ["serve", "--model-repository", "m", "--redis-url", "redis://x/0"]
     with pytest.raises(ConfigError, match="redis_url and redis_url_file"):
         resolved([*both, "--redis-url-file", str(secret)])
-    with pytest.raises(ConfigError, match="redis_url_file .*missing"):
-        resolved(["serve", "--model-repository", "m", "--redis-url-file", str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match=r"redis_url_file .*missing"):
+        resolved(
+            ["serve", "--model-repository", "m", "--redis-url-file", str(tmp_path / "missing")]
+        )
 
 
 def test_audit_commands_read_the_url_file_too(tmp_path: Path) -> None:
