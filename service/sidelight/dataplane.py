@@ -210,7 +210,7 @@ class DataPlane:
         audit: AuditLog | None = None,
         max_instances_per_request: int = 1024,
         max_evaluations_per_request: int = 1 << 18,
-        max_evaluations_per_job: int = 1 << 24,
+        max_evaluations_per_job: int = 1 << 28,
         job_calls: BlockingCalls | None = None,
         audit_calls: BlockingCalls | None = None,
     ) -> None:

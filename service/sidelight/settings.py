@@ -88,8 +88,10 @@ class JobSettings:
     grace_seconds: float = 20.0
     # Model evaluations a job may cost: its params.max_evaluations may not be more, and a job
     # that gives none stops there (a partial result); a gradient method's job whose cost is
-    # known up front (instances x rows per instance) is refused above it.
-    max_evaluations_per_job: int = 1 << 24
+    # known up front (instances x rows per instance) is refused above it. 2^28: KernelSHAP at its
+    # largest n_samples (2^20) on two rows and its background set already needs 2^25, and a
+    # default that cut what the method's own bounds allow would make such requests partial.
+    max_evaluations_per_job: int = 1 << 28
     # A Redis command that has not answered in this long fails (UNAVAILABLE): a hung Redis
     # (stopped, partitioned) costs a call this long, not forever. Connecting: 1 s at most.
     redis_timeout_s: float = 5.0
