@@ -31,6 +31,7 @@ from sidelight.audit.log import AuditLog
 from sidelight.audit.record import AuditRecord
 from sidelight.audit.store import StoredRecord
 from sidelight.batching.scheduler import Group, Scheduler
+from sidelight.blocking import BlockingCalls
 from sidelight.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -63,7 +64,14 @@ from sidelight.quality.curves import Reference
 from sidelight.quality.evaluate import DEFAULT_METRICS, METRICS, FaithfulnessScores, evaluate
 from sidelight.quality.sampler import FaithfulnessSampler
 from sidelight.tensors import RawTensor
-from sidelight.validation import check_baseline, finite_params, parse_targets, validate_inputs
+from sidelight.validation import (
+    check_baseline,
+    check_length,
+    check_lengths,
+    finite_params,
+    parse_targets,
+    validate_inputs,
+)
 
 SEED_BITS = 63
 # Batching groups (model, version, method, params, input shape) kept for reuse.
@@ -206,8 +214,16 @@ class DataPlane:
         sampler: FaithfulnessSampler | None = None,
         audit: AuditLog | None = None,
         max_instances_per_request: int = 1024,
+        max_evaluations_per_request: int = 1 << 18,
+        max_evaluations_per_job: int = 1 << 28,
+        job_calls: BlockingCalls | None = None,
+        audit_calls: BlockingCalls | None = None,
     ) -> None:
         self._registry = registry
+        # The job queue's and the audit store's blocking calls, each on threads of its own: a
+        # hung Redis or database holds its own threads, never the ones other calls need.
+        self._job_calls = job_calls or BlockingCalls("job queue", threads=8, wait_s=5.0)
+        self._audit_calls = audit_calls or BlockingCalls("audit store", threads=4, wait_s=5.0)
         self._scheduler = scheduler
         self._jobs = jobs
         self._sampler = sampler
@@ -215,6 +231,8 @@ class DataPlane:
         self._evaluations = asyncio.Semaphore(1)
         self._own = PrivateModels()  # Evaluate's copies, never the executor's modules
         self._max_instances = max_instances_per_request
+        self._max_evaluations = max_evaluations_per_request
+        self._max_job_evaluations = max_evaluations_per_job
         # Groups are made on first use and kept for the next requests alike. The keys come from
         # what clients send (params, input shapes), so the caches are bounded: an evicted group
         # is made again when needed (requests queued under it are unaffected).
@@ -224,6 +242,10 @@ class DataPlane:
     @property
     def registry(self) -> ModelRegistry:
         return self._registry
+
+    def close(self) -> None:
+        self._job_calls.close()
+        self._audit_calls.close()
 
     def list_models(self) -> list[ModelSummary]:
         summaries = []
@@ -252,6 +274,8 @@ class DataPlane:
         """Whether the model can serve now: False for a model that failed to load (it is
         known, with its error) and for a remote model whose endpoint's last probe or call
         failed; ModelNotFound / VersionNotFound for what the repository does not hold."""
+        check_length("model", name)
+        check_length("model_version", version)
         if name in self._registry.unavailable:
             return False
         entry = self._registry.get(name, version)
@@ -260,6 +284,8 @@ class DataPlane:
 
     def describe_model(self, name: str, version: str = "") -> ModelDescription:
         """ModelNotFound / VersionNotFound for what is not loaded."""
+        check_length("model", name)
+        check_length("model_version", version)
         entry = self._registry.get(name, version)
         return ModelDescription(
             name=entry.name,
@@ -272,6 +298,7 @@ class DataPlane:
         )
 
     async def predict(self, request: PredictRequest) -> Prediction:
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         group = self._predict_group(entry.name, entry.version, tuple(inputs.shape[1:]))
@@ -296,6 +323,7 @@ class DataPlane:
         )
 
     async def explain(self, request: ExplainRequest) -> Explanation:
+        check_lengths(request)
         finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         method = method_for(entry.primary, request.method)
@@ -307,6 +335,7 @@ class DataPlane:
         method.check_params(entry.primary, params)
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
+        _check_cost(method, params, inputs.shape[0], self._max_evaluations, "request")
         targets = parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
         seed = None
         if isinstance(params, SeededParams):
@@ -360,18 +389,19 @@ class DataPlane:
         have to be read from, or created in, the store)."""
         assert self._audit is not None
         if self._audit.settings.store_inputs and kw.get("subject_id"):
-            return await asyncio.to_thread(build, *args, **kw)
+            return await self._audit_calls.run(build, *args, **kw)
         return build(*args, **kw)
 
     async def get_audit_record(self, record_id: str) -> StoredRecord:
         if self._audit is None:
             raise Unavailable("this server keeps no audit log (--audit off)")
         record_id = _identifier(record_id, "record_id", "a record id")
-        return await asyncio.to_thread(self._audit.store.get, record_id)
+        return await self._audit_calls.run(self._audit.store.get, record_id)
 
     async def evaluate(self, request: EvaluateRequest) -> Evaluation:
         """Faithfulness of given attributions; validated here, computed on a thread (one at a
         time: an on-demand audit, not a hot path)."""
+        check_lengths(request)
         finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
@@ -442,6 +472,7 @@ class DataPlane:
     async def submit_job(self, request: ExplainRequest) -> JobStatus:
         """Validate as Explain does, then queue. The seed and the model version are resolved
         now, so every delivery of the job computes the same thing."""
+        check_lengths(request)
         queue = self._queue()
         finite_params(request.params or {})
         entry = self._registry.get(request.model, request.model_version)
@@ -455,8 +486,15 @@ class DataPlane:
         check_baseline(entry, params)
         inputs = validate_inputs(entry, request.inputs, self._max_instances)
         parse_targets(request.targets, inputs.shape[0], entry.primary.num_classes)
-        if budget is not None and method.mode is Mode.SYNC:
-            _budget_covers(method, params, inputs.shape[0], budget)
+        if budget is not None and budget > self._max_job_evaluations:
+            raise InvalidParams(
+                f"params.{BUDGET_PARAM}",
+                f"{budget} is over the limit of {self._max_job_evaluations} per job",
+            )
+        if method.mode is Mode.SYNC:  # a gradient method's cost is known before it runs
+            _check_cost(method, params, inputs.shape[0], self._max_job_evaluations, "job")
+            if budget is not None:
+                _budget_covers(method, params, inputs.shape[0], budget)
         if isinstance(params, SeededParams):
             params = params.model_copy(update={"seed": _seed(params)})
         now = time.time()
@@ -470,17 +508,19 @@ class DataPlane:
             targets=tuple(int(t) for t in request.targets),
             params=params.model_dump(mode="json", exclude_defaults=True),
             deadline=None if deadline_s is None else now + deadline_s,
-            max_evaluations=budget,
+            # Every job is bounded: one that names no budget stops at the limit (partial).
+            max_evaluations=budget or self._max_job_evaluations,
             submitted_at=now,
             digest=_request_digest(request),
             evaluate=evaluate,
             subject_id=request.subject_id,
             caller=request.caller,
         )
-        return await asyncio.to_thread(queue.submit, spec)
+        return await self._job_calls.run(queue.submit, spec)
 
     async def submit_sanity_check(self, request: SanityCheckRequest) -> JobStatus:
         """Queue the randomization checks of `sidelight sanity` for these inputs."""
+        check_lengths(request)
         queue = self._queue()
         entry = self._registry.get(request.model, request.model_version)
         model = entry.primary
@@ -516,7 +556,7 @@ class DataPlane:
             kind=JobKind.SANITY,
         )
         del inputs  # validated only: the worker decodes the spec's bytes
-        return await asyncio.to_thread(queue.submit, spec)
+        return await self._job_calls.run(queue.submit, spec)
 
     async def explain_within_call(self, request: ExplainRequest) -> Explained:
         """Explain with any method and answer within the call, for protocols that have no jobs
@@ -524,6 +564,7 @@ class DataPlane:
         perturbation method as a job, submitted, then waited for until the request's
         deadline. The job is cancelled when the wait ends early (the caller went away, or its
         deadline passed): nobody is left to read its result."""
+        check_lengths(request)
         entry = self._registry.get(request.model, request.model_version)
         if method_for(entry.primary, request.method).mode is Mode.SYNC:
             return Explained(await self.explain(request))
@@ -553,10 +594,10 @@ class DataPlane:
             await self.cancel_job(job_id)
 
     async def get_job(self, job_id: str) -> JobStatus:
-        return await asyncio.to_thread(self._queue().status, _job_id(job_id))
+        return await self._job_calls.run(self._queue().status, _job_id(job_id))
 
     async def cancel_job(self, job_id: str) -> JobStatus:
-        return await asyncio.to_thread(self._queue().cancel, _job_id(job_id))
+        return await self._job_calls.run(self._queue().cancel, _job_id(job_id))
 
     async def watch_job(self, job_id: str) -> AsyncIterator[JobStatus]:
         """The job now, then at each change of state or progress, until it ends."""
@@ -564,7 +605,7 @@ class DataPlane:
         seen: tuple[Any, ...] | None = None
         pause = WATCH_POLL_MIN_S
         while True:
-            status = await asyncio.to_thread(queue.status, job_id)
+            status = await self._job_calls.run(queue.status, job_id)
             now = (status.state, status.fraction, status.evaluations, status.deliveries)
             if now != seen:
                 seen = now
@@ -639,6 +680,21 @@ def _job_result(status: JobStatus) -> Explanation:
     if status.state is JobState.EXPIRED:
         raise DeadlineExceeded(f"job {status.job_id}: its deadline passed before it started")
     raise JobFailed(status.job_id, f"{status.state.value}: {status.error or 'no result'}")
+
+
+def _check_cost(method: AnyMethod, params: Params, instances: int, limit: int, per: str) -> None:
+    """InvalidArgument naming what sets the cost when `instances` x the method's rows per
+    instance is over `limit` model evaluations: refused before anything runs."""
+    rows = method.rows_per_instance(params)
+    if instances * rows <= limit:
+        return
+    field = f"params.{method.cost_param}" if method.cost_param else "inputs.shape"
+    raise InvalidArgument(
+        field,
+        f"{instances} instances x {rows} model evaluations each = {instances * rows}; "
+        f"at most {limit} per {per}: send fewer instances"
+        + (f" or lower {method.cost_param}" if method.cost_param else ""),
+    )
 
 
 def _method_summary(method: AnyMethod) -> MethodSummary:
@@ -783,8 +839,9 @@ def _identifier(value: str, field: str, what: str) -> str:
     """Ids Sidelight hands out (jobs, explanations, records): letters and digits, at most 64."""
     if not value:
         raise InvalidArgument(field, "is empty")
-    if len(value) > 64 or not value.isalnum():
-        raise InvalidArgument(field, f"is not {what} (letters and digits, at most 64)")
+    check_length(field, value)
+    if not value.isalnum():
+        raise InvalidArgument(field, f"is not {what} (letters and digits only)")
     return value
 
 

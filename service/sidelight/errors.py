@@ -35,6 +35,18 @@ from __future__ import annotations
 
 from typing import Self
 
+# The most of a client's string an error message repeats: enough to recognise it, never a
+# megabyte sent back (or logged) because a caller put one where a name was expected.
+ECHO_CHARS = 64
+
+
+def shown(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` as an error message quotes it: repr, clipped to `limit` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
+
 
 class SidelightError(Exception):
     """Base of every error Sidelight raises on purpose."""
@@ -118,7 +130,12 @@ class SubjectErased(NotFound):
 
 
 class Overloaded(SidelightError):
-    """Admitting the request would exceed a configured capacity."""
+    """Admitting the request would exceed a configured capacity. `retry_after_s`: how long
+    the caller should wait before trying again (sent as `retry-after` trailing metadata)."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(SidelightError):
@@ -131,12 +148,17 @@ class FailedPrecondition(FieldError):
 
 
 class Unavailable(SidelightError):
-    pass
+    """`str()` is for the operator (the server's log, the CLI) and may name a host, a port or a
+    user; `public` is what a client is told: never where a dependency lives or who logs in."""
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class AuditUnavailable(Unavailable):
     """The audit store is down or refused the write. The message names the store by a URL
-    with its password hidden."""
+    with its password hidden; the public one does not name it."""
 
 
 class RemoteModelError(Unavailable):

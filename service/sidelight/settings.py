@@ -56,8 +56,14 @@ class QueueSettings:
     max_dead_letters: int = 10_000
     # Redis key prefix, so that several deployments can share one Redis.
     prefix: str = "sidelight"
+    # Jobs waiting for a worker, and input bytes of the jobs not finished (held in Redis's
+    # memory until the job ends), at most: past either, SubmitJob answers RESOURCE_EXHAUSTED.
+    max_queued_jobs: int = 10_000
+    max_queued_bytes: int = 512 << 20
 
     def __post_init__(self) -> None:
+        if self.max_queued_jobs < 1 or self.max_queued_bytes < 1:
+            raise ValueError("max_queued_jobs and max_queued_bytes must be >= 1")
         if self.lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
         if self.max_deliveries < 1:
@@ -80,8 +86,19 @@ class JobSettings:
     max_call_bytes: int = 64 << 20
     # A worker asked to stop lets its job run this long, then hands it back.
     grace_seconds: float = 20.0
+    # Model evaluations a job may cost: its params.max_evaluations may not be more, and a job
+    # that gives none stops there (a partial result); a gradient method's job whose cost is
+    # known up front (instances x rows per instance) is refused above it. 2^28: KernelSHAP at its
+    # largest n_samples (2^20) on two rows and its background set already needs 2^25, and a
+    # default that cut what the method's own bounds allow would make such requests partial.
+    max_evaluations_per_job: int = 1 << 28
+    # A Redis command that has not answered in this long fails (UNAVAILABLE): a hung Redis
+    # (stopped, partitioned) costs a call this long, not forever. Connecting: 1 s at most.
+    redis_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.redis_timeout_s <= 0:
+            raise ValueError("redis_timeout_s must be > 0")
         if self.embedded_workers < 0:
             raise ValueError("embedded_workers must be >= 0")
         if self.max_rows_per_call < 1:
@@ -160,7 +177,17 @@ class ServerSettings:
     devices: tuple[str, ...] = ("cpu",)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     max_instances_per_request: int = 1024
-    max_message_bytes: int = 256 * 1024 * 1024
+    # A request message larger than this is refused by gRPC (RESOURCE_EXHAUSTED) before it is
+    # read: with max_concurrent_rpcs, it bounds the memory requests take ((100 + 28) x 32 MiB
+    # = 4 GiB at most; a request of 64 ResNet images is 38 MB: split larger ones or raise it).
+    max_receive_message_bytes: int = 32 << 20
+    max_send_message_bytes: int = 256 << 20
+    # Calls answered at once, streams included, health checks not; more get RESOURCE_EXHAUSTED
+    # at once, with a retry delay. gRPC itself takes 28 more (health checks, refusals).
+    max_concurrent_rpcs: int = 100
+    # Model evaluations one synchronous request may cost (instances x rows per instance: IG's
+    # n_steps, SmoothGrad's samples), checked before it is queued (INVALID_ARGUMENT).
+    max_evaluations_per_request: int = 1 << 18
     # SIGTERM: health turns NOT_SERVING, then in-flight calls get this long to finish.
     grace_period_s: float = 20.0
     reflection: bool = True

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sidelight.errors import InvalidTensor
+from sidelight.errors import InvalidTensor, shown
 
 # Open Inference Protocol names -> numpy dtypes, all little-endian.
 DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -57,7 +57,9 @@ def dtype_name(dtype: np.dtype[np.generic]) -> str:
 def decode(field: str, dtype: str, shape: Sequence[int], data: bytes) -> npt.NDArray[np.generic]:
     """A read-only array over `data`; InvalidTensor naming `field` when the parts disagree."""
     if dtype not in DTYPES:
-        raise InvalidTensor(f"{field}.dtype", f"unknown dtype {dtype!r}; one of {sorted(DTYPES)}")
+        raise InvalidTensor(
+            f"{field}.dtype", f"unknown dtype {shown(dtype)}; one of {sorted(DTYPES)}"
+        )
     dims = list(shape)
     if not dims:
         raise InvalidTensor(f"{field}.shape", "is empty; a batch needs at least one dimension")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,6 +14,50 @@ import torch
 from sidelight.errors import InvalidArgument, InvalidParams, InvalidTarget, InvalidTensor
 from sidelight.models.registry import ModelVersion
 from sidelight.tensors import DTYPES, RawTensor
+
+# The longest each string a client sends may be, in characters (docs/operations.md, "Limits").
+# Names are short; ids are the client's own (request_id) or one of Sidelight's (job_id and
+# record_id: 32 hex digits). A list field's limit holds for each item.
+STRING_LIMITS: dict[str, int] = {
+    "model": 128,
+    "model_version": 32,
+    "method": 64,
+    "request_id": 128,
+    "subject_id": 128,
+    "metrics": 64,
+    "methods": 64,
+    "reference": 32,
+    "mode": 32,
+    "job_id": 64,
+    "record_id": 64,
+}
+# Params travel as a JSON object: its encoded size, at most (every method's fit in a few hundred).
+MAX_PARAMS_BYTES = 16 << 10
+
+
+def check_lengths(request: object) -> None:
+    """Every string field of a data-plane request (and its params) within its limit, before
+    anything reads them: a refused value is never echoed, logged, recorded or used as a key."""
+    for name, limit in STRING_LIMITS.items():
+        value = getattr(request, name, None)
+        if isinstance(value, str):
+            check_length(name, value)
+        elif isinstance(value, Sequence):
+            for index, item in enumerate(value):
+                if isinstance(item, str):
+                    check_length(f"{name}[{index}]", item, limit)
+    params = getattr(request, "params", None)
+    if params:
+        size = len(json.dumps(params, default=str))
+        if size > MAX_PARAMS_BYTES:
+            raise InvalidParams("params", f"is {size} bytes as JSON; at most {MAX_PARAMS_BYTES}")
+
+
+def check_length(field: str, value: str, limit: int | None = None) -> None:
+    """InvalidArgument naming `field` and its limit when `value` is longer."""
+    limit = STRING_LIMITS[field] if limit is None else limit
+    if len(value) > limit:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {limit}")
 
 
 def validate_inputs(entry: ModelVersion, raw: RawTensor, max_instances: int) -> torch.Tensor:

@@ -264,11 +264,18 @@ def test_sqlite_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_unreachable_postgres_is_unavailable_and_hides_the_password() -> None:
-    url = f"postgresql://sidelight:s3cret-pw@127.0.0.1:{free_port()}/audit"
+    port = free_port()
+    url = f"postgresql://sidelight:s3cret-pw@127.0.0.1:{port}/audit"
     with pytest.raises(AuditUnavailable) as caught:
         AuditStore.open(url)
     assert "s3cret-pw" not in str(caught.value)
-    assert "127.0.0.1" in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)  # for the operator, in the server's log
+    # A client is told the store is down, not where it is or who logs in to it.
+    from sidelight.transport.status import status_for
+
+    _code, message = status_for(caught.value)
+    assert "127.0.0.1" not in message and "sidelight" not in message and str(port) not in message
+    assert "audit store" in message
 
 
 def test_store_down_then_back(private_postgres: PostgresServer) -> None:
@@ -397,3 +404,23 @@ def test_a_head_behind_its_records_refuses_appends(store: AuditStore) -> None:
     with pytest.raises(AuditUnavailable, match="verify"):
         store.append([make_record(3)])
     assert store.count() == 2
+
+
+def test_the_sqlite_store_its_wal_and_the_data_folder_are_private(tmp_path: Path) -> None:
+    # Records name people and their decisions: no other user of the machine reads them, whatever
+    # the umask (0022 made them 0644).
+    from sidelight.audit.log import AuditLog
+    from sidelight.settings import AuditSettings
+
+    folder = tmp_path / "audit"
+    log = AuditLog.open(AuditSettings(data_dir=folder))
+    assert log is not None
+    try:
+        log.store.append([make_record(1)])
+        files = sorted(p.name for p in folder.iterdir())
+        assert {"audit.db", "audit.db-wal"} <= set(files)
+        for path in folder.iterdir():
+            assert path.stat().st_mode & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
+        assert folder.stat().st_mode & 0o077 == 0
+    finally:
+        log.close()

@@ -170,3 +170,45 @@ def test_help_answers_without_importing_torch() -> None:
     )
     assert "SIDELIGHT_CONFIG" in answer.stdout
     assert answer.stdout.strip().endswith("False")
+
+
+def test_secret_urls_may_come_from_files_named_by_flag_variable_or_config(
+    tmp_path: Path,
+) -> None:
+    # A mounted Secret: the URL stays out of the process list (the command line) and the log.
+    redis_file = tmp_path / "redis-url"
+    redis_file.write_text("redis://:s3cret@redis:6379/0\n")
+    audit_file = tmp_path / "audit-url"
+    audit_file.write_text("postgresql://audit:pa55@db/x")
+    config = write(tmp_path, f"audit_url_file: {audit_file}\n")
+    argv = ["worker", "--model-repository", "m", "--config", str(config)]
+    args = build_parser().parse_args(argv)
+    found = resolve(args, {"SIDELIGHT_REDIS_URL_FILE": str(redis_file)})
+    assert found.args.redis_url == "redis://:s3cret@redis:6379/0"  # the newline dropped
+    assert found.args.audit_url == "postgresql://audit:pa55@db/x"
+    line = describe(found)
+    assert "s3cret" not in line and "pa55" not in line
+    flagged = resolved(["serve", "--model-repository", "m", "--redis-url-file", str(redis_file)])
+    assert flagged["redis_url"] == "redis://:s3cret@redis:6379/0"
+
+
+def test_a_url_and_its_file_together_or_a_missing_file_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("redis://r/0")
+    both = ["serve", "--model-repository", "m", "--redis-url", "redis://x/0"]
+    with pytest.raises(ConfigError, match="redis_url and redis_url_file"):
+        resolved([*both, "--redis-url-file", str(secret)])
+    with pytest.raises(ConfigError, match=r"redis_url_file .*missing"):
+        resolved(
+            ["serve", "--model-repository", "m", "--redis-url-file", str(tmp_path / "missing")]
+        )
+
+
+def test_audit_commands_read_the_url_file_too(tmp_path: Path) -> None:
+    from sidelight.cli.config import read_secret_files
+
+    secret = tmp_path / "url"
+    secret.write_text("postgresql://a:b@db/x\n")
+    args = build_parser().parse_args(["audit", "verify", "--audit-url-file", str(secret)])
+    read_secret_files(args)
+    assert args.audit_url == "postgresql://a:b@db/x"

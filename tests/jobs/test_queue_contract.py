@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import RedisServer, wait_until
-from sidelight.errors import InvalidArgument, JobNotFound
+from sidelight.errors import InvalidArgument, JobNotFound, Overloaded
 from sidelight.explanations import Explanation, Quality
 from sidelight.jobs.memory_queue import MemoryJobQueue
 from sidelight.jobs.queue import Hold, JobQueue
@@ -338,3 +338,31 @@ def test_trimming_drops_only_acknowledged_entries(queue: JobQueue) -> None:
     queue.trim()
     assert queue.stats().length == 0
     assert queue.stats().jobs[JobState.SUCCEEDED] == 10
+
+
+def test_a_full_queue_refuses_new_jobs_with_a_retry_delay(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    # Jobs waiting are capped by count, and the inputs of jobs not finished (they live in the
+    # queue's memory, Redis's) by bytes: past either, Overloaded, with how long to wait.
+    server = request.getfixturevalue("redis_server") if kind == "redis" else None
+    queue = make_queue(kind, server, max_queued_jobs=2, max_queued_bytes=60)
+    try:
+        first, second = queue.submit(spec("a")), queue.submit(spec())  # 24 input bytes each
+        with pytest.raises(Overloaded) as full:
+            queue.submit(spec())
+        assert full.value.retry_after_s > 0
+        assert "2 jobs" in str(full.value)
+        assert queue.submit(spec("a")).job_id == first.job_id  # a retry is no new job
+        queue.cancel(first.job_id)
+        third = queue.submit(spec())  # room again: 48 bytes of 60, 2 jobs waiting
+        lease = queue.claim("w1", 1.0)
+        assert lease is not None and lease.job_id == second.job_id
+        with pytest.raises(Overloaded) as too_big:  # one waits, but 72 bytes > 60
+            queue.submit(spec())
+        assert "bytes" in str(too_big.value)
+        queue.succeed(lease, explanation(lease.spec))
+        assert queue.submit(spec()).state is JobState.QUEUED  # its inputs were let go
+        assert queue.status(third.job_id).state is JobState.QUEUED
+    finally:
+        queue.close()

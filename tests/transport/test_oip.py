@@ -40,6 +40,7 @@ from sidelight.jobs.spec import JobState
 from sidelight.settings import JobSettings
 from sidelight.v1 import explainer_pb2 as pb
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
+from sidelight.validation import STRING_LIMITS
 from sklearn.datasets import load_breast_cancer, load_digits
 
 pytestmark = pytest.mark.slow
@@ -465,6 +466,16 @@ BAD = {
         INVALID,
         "inputs[0].shape",
     ),
+    "an id over its limit": (
+        infer("digits", digit_images(1), id="i" * (STRING_LIMITS["request_id"] + 1)),
+        INVALID,
+        "id",
+    ),
+    "a model name of a megabyte": (
+        infer("m" * 1_000_000, digit_images(1)),
+        INVALID,
+        "model_name",
+    ),
     "unknown requested output": (
         infer("digits", digit_images(1), outputs=["nope"]),
         INVALID,
@@ -749,18 +760,22 @@ def test_health_answers_for_the_inference_service(oip_server: ServerThread) -> N
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_server_ready_follows_the_job_queue(repository: Path, redis_server: RedisServer) -> None:
+def test_server_ready_stays_true_while_redis_is_down(
+    repository: Path, redis_server: RedisServer
+) -> None:
+    # Predict and explain-within-the-call of gradient methods need no Redis: a Triton client
+    # polling ServerReady keeps sending them. The jobs' readiness is apart (health service
+    # sidelight.v1.Explainer.jobs).
     settings = replace(server_settings(repository), jobs=JobSettings(redis_url=redis_server.url))
     server = ServerThread(settings)
     readiness = {"live": {"call": "is_server_live"}, "ready": {"call": "is_server_ready"}}
     try:
         assert call_oip(server, readiness) == {"live": True, "ready": True}
         redis_server.kill()
-        wait_until(lambda: not server.service.readiness.ready, 30, "readiness to drop")
-        assert call_oip(server, readiness) == {"live": True, "ready": False}
-        redis_server.start()
-        wait_until(lambda: server.service.readiness.ready, 30, "readiness to come back")
+        wait_until(lambda: not server.service.readiness.jobs_ready, 30, "jobs readiness to drop")
         assert call_oip(server, readiness) == {"live": True, "ready": True}
+        redis_server.start()
+        wait_until(lambda: server.service.readiness.jobs_ready, 30, "jobs readiness back")
     finally:
         server.stop()
 

@@ -28,6 +28,11 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audit-url", default="", help="postgresql://... to share one store between replicas"
     )
+    parser.add_argument(
+        "--audit-url-file",
+        type=Path,
+        help="a file holding the --audit-url (a mounted secret: kept out of the process list)",
+    )
 
 
 def add_commands(commands: Any) -> None:

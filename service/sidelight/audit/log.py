@@ -174,7 +174,7 @@ class AuditLog:
         the keys read from the data directory (created there on first use)."""
         if not settings.enabled:
             return None
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, records
         store = AuditStore.open(settings.store_url)
         key = keyfiles.read_or_create(
             settings.data_dir / INPUT_KEY_FILE, lambda: base64.b64encode(os.urandom(32)) + b"\n"
@@ -319,9 +319,12 @@ class AuditLog:
     def _lost(self, record: AuditRecord, exc: Exception) -> None:
         if self.settings.mode == "strict":
             self._metrics.records.labels(record.kind.value, "refused").inc()
+            why = exc.public if isinstance(exc, Unavailable) else "see the server's log"
             raise AuditUnavailable(
                 f"the audit log cannot record this {record.kind.value} ({exc}); "
-                "it is not returned unrecorded: retry later"
+                "it is not returned unrecorded: retry later",
+                public=f"the audit log cannot record this {record.kind.value} ({why}); "
+                "it is not returned unrecorded: retry later",
             ) from exc
         self._metrics.records.labels(record.kind.value, "lost").inc()
         log.error("audit record %s not written (best-effort mode): %s", record.record_id, exc)

@@ -14,6 +14,12 @@ can configure both. An unknown key or a value of the wrong type in the file, or 
 does not parse, is refused naming the file or the variable and the key. Other `SIDELIGHT_*`
 variables are ignored: Kubernetes sets some for a Service named `sidelight`.
 
+Secrets (the URLs of Redis and PostgreSQL, with their passwords) may instead be read from a
+file, e.g. a mounted Kubernetes Secret, so that they appear neither in the process list nor in
+the environment: `--redis-url-file`, `--audit-url-file` (or SIDELIGHT_REDIS_URL_FILE, or
+`redis_url_file:` in the file), its content with surrounding whitespace dropped. Giving both a
+URL and its file is refused. The log shows URLs with their password replaced by ***.
+
 Read once, in `main()`, into the parsed arguments that the frozen settings are built from.
 """
 
@@ -30,6 +36,8 @@ ENV_PREFIX = "SIDELIGHT_"
 CONFIG_ENV = "SIDELIGHT_CONFIG"
 COMMANDS = ("serve", "worker")
 _TRUE = ("1", "true", "yes", "on")
+# Options whose value may come from a file instead: key -> the key of the file's path.
+SECRET_FILES = {"redis_url": "redis_url_file", "audit_url": "audit_url_file"}
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -124,6 +132,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
             value = option.default
         setattr(args, option.key, value)
     args.config = path
+    for key, source in read_secret_files(args, sources).items():
+        sources[key] = source
     flags = {option.key: option for option in options}
     for key in args.config_required:
         if getattr(args, key) is None:
@@ -133,6 +143,29 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
                 f"{option.variable} or `{key}:` in the --config file"
             )
     return Resolved(args=args, sources=sources, config_file=path)
+
+
+def read_secret_files(
+    args: argparse.Namespace, sources: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Fill each secret option from its file, when a file is named; {key: "file PATH"} for
+    those filled. ConfigError when a URL and its file are both given, or the file cannot be
+    read. `sources`: where `resolve` found each option (a default URL is not "given")."""
+    filled = {}
+    for key, file_key in SECRET_FILES.items():
+        path = getattr(args, file_key, None)
+        if path is None:
+            continue
+        given = getattr(args, key, None)
+        if given and (sources is None or key in sources):
+            raise ConfigError(f"both {key} and {file_key} are given: one of them, please")
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{file_key} {path}: cannot read it ({exc.strerror or exc})") from exc
+        setattr(args, key, text.strip())
+        filled[key] = f"file {path}"
+    return filled
 
 
 def read_file(path: Path, command: str, options: Sequence[Option]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from sidelight.audit.commands import add_commands as add_audit_commands
 from sidelight.cli import explain, jobs, models, quality_report, sanity, serve, worker
-from sidelight.cli.config import describe, resolve
+from sidelight.cli.config import describe, read_secret_files, resolve
 from sidelight.errors import SidelightError
 
 
@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "config_options"):
             resolved = resolve(args, os.environ)
             logging.getLogger("sidelight.cli").info("%s", describe(resolved))
+        else:  # the audit commands: no environment or config file, but --audit-url-file
+            read_secret_files(args)
         return int(args.run(args))
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

@@ -29,6 +29,18 @@ def queue_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a finished job's state and result are kept",
     )
     parser.add_argument("--queue-prefix", default=defaults.prefix, help="Redis key prefix")
+    parser.add_argument(
+        "--max-queued-jobs",
+        type=int,
+        default=defaults.max_queued_jobs,
+        help="jobs waiting for a worker, at most (more: RESOURCE_EXHAUSTED, retry-after)",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=defaults.max_queued_bytes,
+        help="input bytes of the jobs not finished, at most (more: RESOURCE_EXHAUSTED)",
+    )
     parser.add_argument("--job-rows-per-call", type=int, default=JobSettings.max_rows_per_call)
     parser.add_argument(
         "--job-call-bytes",
@@ -45,6 +57,8 @@ def queue_settings(args: argparse.Namespace) -> QueueSettings:
         max_deliveries=args.max_deliveries,
         retention_seconds=args.job_retention,
         prefix=args.queue_prefix,
+        max_queued_jobs=args.max_queued_jobs,
+        max_queued_bytes=args.max_queued_bytes,
     )
 
 

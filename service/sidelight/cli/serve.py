@@ -40,6 +40,36 @@ def add_commands(commands: Any) -> None:
         default=BatchingSettings.extra_lane_min_call_ms,
         help="lanes after the first take only models whose calls last this long on average",
     )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=ServerSettings.max_receive_message_bytes,
+        help="largest request message taken (larger: RESOURCE_EXHAUSTED)",
+    )
+    serve.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=ServerSettings.max_concurrent_rpcs,
+        help="RPCs answered at once, streams included (more: RESOURCE_EXHAUSTED)",
+    )
+    serve.add_argument(
+        "--max-evaluations-per-request",
+        type=int,
+        default=ServerSettings.max_evaluations_per_request,
+        help="model evaluations one synchronous request may cost (instances x steps/samples)",
+    )
+    serve.add_argument(
+        "--max-job-evaluations",
+        type=int,
+        default=JobSettings.max_evaluations_per_job,
+        help="model evaluations one job may cost (its params.max_evaluations at most)",
+    )
+    serve.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=JobSettings.redis_timeout_s,
+        help="seconds a Redis command may take before the call answers UNAVAILABLE",
+    )
     serve.add_argument("--grace-period", type=float, default=ServerSettings.grace_period_s)
     serve.add_argument("--torch-threads", type=int)
     serve.add_argument(
@@ -56,6 +86,11 @@ def add_commands(commands: Any) -> None:
     )
     serve.add_argument(
         "--redis-url", help="queue jobs on this Redis (default: in-process, embedded workers)"
+    )
+    serve.add_argument(
+        "--redis-url-file",
+        type=Path,
+        help="a file holding the --redis-url (a mounted secret: kept out of the process list)",
     )
     serve.add_argument(
         "--embedded-workers",
@@ -91,6 +126,9 @@ def _serve(args: argparse.Namespace) -> int:
             cpu_lanes=args.cpu_lanes,
             extra_lane_min_call_ms=args.extra_lane_min_call_ms,
         ),
+        max_receive_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_evaluations_per_request=args.max_evaluations_per_request,
         grace_period_s=args.grace_period,
         reflection=not args.no_reflection,
         torch_threads=args.torch_threads,
@@ -104,6 +142,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_rows_per_call=args.job_rows_per_call,
             max_call_bytes=args.job_call_bytes,
             grace_seconds=args.job_grace,
+            max_evaluations_per_job=args.max_job_evaluations,
+            redis_timeout_s=args.redis_timeout,
         ),
     )
 

@@ -15,6 +15,11 @@ def add_commands(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run job workers on a Redis queue")
     worker.add_argument("--model-repository", type=Path, help="required")
     worker.add_argument("--redis-url", help="required")
+    worker.add_argument(
+        "--redis-url-file",
+        type=Path,
+        help="a file holding the --redis-url (a mounted secret: kept out of the process list)",
+    )
     worker.add_argument("-n", "--processes", type=int, default=1)
     worker.add_argument("--device", default="cpu")
     worker.add_argument("--name", default="", help="consumer name prefix (default: host name)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sidelight.errors import InvalidArgument, JobNotFound
 from sidelight.jobs import payload
-from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats
+from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats, admission
 from sidelight.jobs.spec import TERMINAL, JobSpec, JobState, JobStatus
 from sidelight.settings import QueueSettings
 
@@ -46,6 +46,7 @@ class _State:
     requests: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     counts: dict[JobState, int] = field(default_factory=lambda: dict.fromkeys(JobState, 0))
+    input_bytes: int = 0  # inputs of the jobs not finished
 
 
 class MemoryJobQueue(JobQueue):
@@ -84,7 +85,7 @@ class MemoryJobQueue(JobQueue):
         fields[payload.STOPPED_BY] = stopped_by.encode()
         if to is JobState.SUCCEEDED and not stopped_by:
             fields[payload.FRACTION] = b"1"
-        fields.pop(payload.INPUTS, None)
+        self._s.input_bytes -= len(fields.pop(payload.INPUTS, b""))
         fields.pop(payload.CANCEL_REQUESTED, None)
         self._s.counts[source] -= 1
         self._s.counts[to] += 1
@@ -125,6 +126,9 @@ class MemoryJobQueue(JobQueue):
                                 f"(job {job_id})",
                             )
                         return self._status(job_id)
+            size = len(spec.inputs.data)
+            admission(self.settings, self._s.counts[JobState.QUEUED], self._s.input_bytes, size)
+            self._s.input_bytes += size
             self._s.jobs[spec.job_id] = _Record(payload.new_record(spec))
             entry = next(self._s.next_entry)
             self._s.entries[entry] = (spec.job_id, spec.request_id)

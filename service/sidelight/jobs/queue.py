@@ -19,10 +19,29 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
 
+from sidelight.errors import Overloaded
 from sidelight.explanations import Explanation
 from sidelight.jobs import payload
 from sidelight.jobs.spec import JobResult, JobSpec, JobState, JobStatus
 from sidelight.settings import QueueSettings
+
+# How long a caller refused by a full queue is told to wait: jobs take seconds to minutes.
+QUEUE_FULL_RETRY_S = 10.0
+
+
+def admission(settings: QueueSettings, waiting: int, held_bytes: int, size: int) -> None:
+    """Overloaded when one more job of `size` input bytes does not fit (QueueSettings)."""
+    if waiting >= settings.max_queued_jobs:
+        raise Overloaded(
+            f"{waiting} jobs are waiting (limit {settings.max_queued_jobs}); retry later",
+            retry_after_s=QUEUE_FULL_RETRY_S,
+        )
+    if held_bytes + size > settings.max_queued_bytes:
+        raise Overloaded(
+            f"the jobs not finished hold {held_bytes} input bytes; {size} more would pass the "
+            f"limit of {settings.max_queued_bytes} bytes; retry later",
+            retry_after_s=QUEUE_FULL_RETRY_S,
+        )
 
 
 @dataclass(frozen=True)
@@ -82,7 +101,8 @@ class JobQueue(ABC):
     @abstractmethod
     def submit(self, spec: JobSpec) -> JobStatus:
         """Queue `spec`, or return the job already queued under its request_id.
-        InvalidArgument("request_id") when that id was used for a different request."""
+        InvalidArgument("request_id") when that id was used for a different request;
+        Overloaded when the queue is full (`admission`)."""
 
     @abstractmethod
     def status(self, job_id: str) -> JobStatus:

@@ -6,7 +6,8 @@ Keys (under the configured prefix, "sidelight" by default):
     {p}:job:{id}             hash: the spec, the inputs, state, progress, error, ...
     {p}:result:{id}          hash: the explanation (JSON header + raw tensors)
     {p}:request:{request_id} the job id submitted under this request id (idempotency)
-    {p}:counts               hash: jobs per state
+    {p}:counts               hash: jobs per state, and `input_bytes`: the inputs held by the
+                             jobs not finished (for the queue's cap, QueueSettings)
 
 Each transition is one Lua script, so it is atomic and lands in the append-only file as a
 whole: a job is never queued without its record, never finished without its result, and a
@@ -35,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidelight.errors import InvalidArgument, JobNotFound, Unavailable
 from sidelight.jobs import payload
-from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats
+from sidelight.jobs.queue import DeadLetter, Hold, JobQueue, Lease, QueueStats, admission
 from sidelight.jobs.spec import JobSpec, JobState, JobStatus
 from sidelight.settings import QueueSettings
 
@@ -49,7 +50,9 @@ _FINISH = """
 local function finish(job, counts, request, from, to, now, retention, err, stopped)
   redis.call('HSET', job, 'state', to, 'finished_at', now, 'error', err, 'stopped_by', stopped)
   if to == 'SUCCEEDED' and stopped == '' then redis.call('HSET', job, 'fraction', '1') end
+  local held = redis.call('HSTRLEN', job, 'inputs')
   redis.call('HDEL', job, 'inputs', 'cancel_requested')
+  if held > 0 then redis.call('HINCRBY', counts, 'input_bytes', -held) end
   redis.call('HINCRBY', counts, from, -1)
   redis.call('HINCRBY', counts, to, 1)
   redis.call('PEXPIRE', job, retention)
@@ -58,13 +61,20 @@ end
 local terminal = {SUCCEEDED=true, FAILED=true, CANCELLED=true, EXPIRED=true}
 """
 
-# KEYS: request, job, stream, counts. ARGV: job id, request key, field/value pairs...
+# KEYS: request, job, stream, counts. ARGV: job id, request key, input bytes, max queued jobs,
+# max input bytes, field/value pairs... A full queue answers {-1, queued, input bytes held}.
 _SUBMIT = """
 if KEYS[1] ~= '' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {0, existing} end
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+local queued = tonumber(redis.call('HGET', KEYS[4], 'QUEUED') or '0')
+local held = tonumber(redis.call('HGET', KEYS[4], 'input_bytes') or '0')
+if queued >= tonumber(ARGV[4]) or held + tonumber(ARGV[3]) > tonumber(ARGV[5]) then
+  return {-1, queued, held}
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+redis.call('HINCRBY', KEYS[4], 'input_bytes', redis.call('HSTRLEN', KEYS[2], 'inputs'))
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'request', ARGV[2])
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('HINCRBY', KEYS[4], 'QUEUED', 1)
@@ -259,7 +269,8 @@ class RedisJobQueue(JobQueue):
             return what()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Unavailable(
-                f"the job queue (Redis at {self._safe_url}) is unreachable: {exc}"
+                f"the job queue (Redis at {self._safe_url}) is unreachable: {exc}",
+                public="the job queue is unreachable: retry later",
             ) from exc
 
     @property
@@ -287,10 +298,15 @@ class RedisJobQueue(JobQueue):
             flat: list[Any] = []
             for name, value in fields.items():
                 flat += [name, value]
-            created, job_id = self._submit(
+            size = len(spec.inputs.data)
+            limits = self.settings.max_queued_jobs, self.settings.max_queued_bytes
+            created, job_id, *held = self._submit(
                 keys=[request, self._job(spec.job_id), self._stream, self._counts],
-                args=[spec.job_id, request, *flat],
+                args=[spec.job_id, request, size, *limits, *flat],
             )
+            if created == -1:
+                admission(self.settings, int(job_id), int(held[0]), size)
+                raise AssertionError("unreachable: the script and `admission` agree")
             job_id = _text(job_id)
             if not created:
                 self._check_same_request(job_id, spec)
@@ -356,8 +372,10 @@ class RedisJobQueue(JobQueue):
             pending = int(group["pending"]) if group else 0
             lag = int(group.get("lag") or 0) if group else length
             jobs = {state: 0 for state in JobState}
+            states = {state.value for state in JobState}
             for name, value in counts.items():
-                jobs[JobState(_text(name))] = int(value)
+                if _text(name) in states:  # not input_bytes
+                    jobs[JobState(_text(name))] = int(value)
             oldest_waiting_s = 0.0
             if lag and group:
                 # The first entry after the group's last delivered one waits longest. Its id is

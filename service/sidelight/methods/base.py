@@ -94,6 +94,9 @@ class Method(ABC, Generic[P]):
     # a chunk of one instance would make it a one-row call (on a CPU, ResNet-18 costs nearly as
     # much per row at one row as four rows cost together).
     forward_first: ClassVar[bool] = False
+    # The param that sets `rows_per_instance` (IG's n_steps), named when a request's cost,
+    # instances x rows per instance, is over the limit; None: the rows are fixed.
+    cost_param: ClassVar[str | None] = None
 
     @property
     def stochastic(self) -> bool:

@@ -7,7 +7,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sidelight.errors import ConfigError, FailedPrecondition, InvalidParams, MethodNotFound
+from sidelight.errors import (
+    ECHO_CHARS,
+    ConfigError,
+    FailedPrecondition,
+    InvalidParams,
+    MethodNotFound,
+    shown,
+)
 from sidelight.methods.base import Method, Params
 from sidelight.methods.cam import Cam
 from sidelight.methods.deeplift import DeepLift
@@ -66,7 +73,7 @@ def method_for(model: Model, name: str, *, field: str = "method") -> AnyMethod:
         known = "" if name in METHODS else " (no such method)"
         raise MethodNotFound(
             field,
-            f"{name!r}{known} is not offered by model {model.name!r}; "
+            f"{shown(name)}{known} is not offered by model {model.name!r}; "
             f"it offers {model.config.methods}",
         )
     return METHODS[name]
@@ -78,7 +85,7 @@ def parse_params(method: AnyMethod, raw: Mapping[str, Any]) -> Params:
         return method.params_type.model_validate(dict(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
+        key = ".".join(str(part)[:ECHO_CHARS] for part in first["loc"])
         field = f"params.{key}" if key else "params"
         raise InvalidParams(field, f"{first['msg']} (method {method.name})") from exc
 

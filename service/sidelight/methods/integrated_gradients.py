@@ -91,6 +91,7 @@ def integrated_gradients(
 
 class IntegratedGradients(Method[IntegratedGradientsParams]):
     name = "integrated_gradients"
+    cost_param = "n_steps"
     params_type = IntegratedGradientsParams
     summary = "Gradients integrated along the straight path from a baseline to the input."
     forward_first = True

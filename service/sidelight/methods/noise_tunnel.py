@@ -58,6 +58,7 @@ class _NoiseTunnel(Method[NoiseParams]):
     params_type = NoiseParams
     needs = frozenset({Capability.GRADIENTS})
     forward_first = True
+    cost_param = "samples"
     reduce: str
 
     def __init__(self, bases: dict[str, Method[Params]]) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from sidelight.errors import ConfigError, ModelNotFound, VersionNotFound
+from sidelight.errors import ConfigError, ModelNotFound, VersionNotFound, shown
 from sidelight.models.config import ModelConfig
 from sidelight.models.loaders import config_path, load_model, version_config
 from sidelight.models.model import Model
@@ -103,13 +103,14 @@ class ModelRegistry:
         if by_version is None:
             broken = self._unavailable.get(name)
             if broken is not None:
-                raise ModelNotFound("model", f"model {name!r} is unavailable: {broken}")
-            raise ModelNotFound("model", f"no model {name!r}; known: {sorted(self._models)}")
+                raise ModelNotFound("model", f"model {shown(name)} is unavailable: {broken}")
+            raise ModelNotFound("model", f"no model {shown(name)}; known: {sorted(self._models)}")
         entry = by_version.get(version or self._latest[name])
         if entry is None:
             raise VersionNotFound(
                 "model_version",
-                f"model {name!r} has no version {version!r}; known: {sorted(by_version, key=int)}",
+                f"model {name!r} has no version {shown(version)}; "
+                f"known: {sorted(by_version, key=int)}",
             )
         return entry
 

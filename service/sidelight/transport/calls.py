@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -29,14 +30,24 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # An unauthenticated caller may name itself in this header; the audit log records it as such.
 CALLER_HEADER = "sidelight-caller"
 MAX_CALLER_CHARS = 200
+# Trailing metadata of a RESOURCE_EXHAUSTED status: seconds to wait before retrying.
+RETRY_AFTER = "retry-after"
+CALLS_FULL_RETRY_S = 1.0
 
 
 class Calls:
     """The accounting of one server's RPCs, shared by its servicers."""
 
-    def __init__(self, metrics: Metrics, models: Iterable[str]) -> None:
+    def __init__(
+        self, metrics: Metrics, models: Iterable[str], max_in_flight: int | None = None
+    ) -> None:
         self._metrics = metrics
         self._known_models = frozenset(models)
+        # Calls answered at once, across both services; more are refused at once with a retry
+        # delay. The health service does not count (it is not answered here): a server full of
+        # long WatchJob streams still answers its probes, so Kubernetes does not restart it.
+        self._max_in_flight = max_in_flight
+        self._active = 0
         # Labelled children, looked up once: `labels()` costs more than the observation. The
         # label values are bounded (see `labels`), so are these caches.
         self._in_flight = functools.cache(metrics.rpc_in_flight.labels)
@@ -56,7 +67,10 @@ class Calls:
         in_flight.inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        admitted = False
         try:
+            self._admit()
+            admitted = True
             return await answer()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -65,9 +79,12 @@ class Calls:
             code, message = status_for(exc)
             if isinstance(exc, Overloaded):
                 self._metrics.rejected.labels(model_label).inc()
+                _retry_after(context, exc)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
+            if admitted:
+                self._active -= 1
             in_flight.dec()
             self._duration(rpc, model_label, method_label, code.name).observe(
                 time.perf_counter() - started
@@ -81,7 +98,10 @@ class Calls:
         in_flight.inc()
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        admitted = False
         try:
+            self._admit()
+            admitted = True
             async for reply in replies:
                 yield reply
         except asyncio.CancelledError:
@@ -89,10 +109,25 @@ class Calls:
             raise
         except Exception as exc:
             code, message = status_for(exc)
+            if isinstance(exc, Overloaded):
+                _retry_after(context, exc)
             await context.abort(code, message)
         finally:
+            if admitted:
+                self._active -= 1
             in_flight.dec()
             self._duration(rpc, "", "", code.name).observe(time.perf_counter() - started)
+
+    def _admit(self) -> None:
+        """Count one more call in, or Overloaded when as many as allowed are being answered
+        (runs on the event loop's thread only: no lock)."""
+        if self._max_in_flight is not None and self._active >= self._max_in_flight:
+            raise Overloaded(
+                f"{self._active} calls are being answered (limit {self._max_in_flight}); "
+                "retry later",
+                retry_after_s=CALLS_FULL_RETRY_S,
+            )
+        self._active += 1
 
     def record_quality(self, explanation: Explanation) -> None:
         labels = (explanation.model, explanation.method)
@@ -106,6 +141,12 @@ class Calls:
         model_label = model if model in self._known_models else ("" if not model else "unknown")
         method_label = method if method in METHODS else ("" if not method else "unknown")
         return model_label, method_label
+
+
+def _retry_after(context: Context, exc: Overloaded) -> None:
+    """How long to wait before retrying, in whole seconds, as HTTP's Retry-After says it:
+    trailing metadata `retry-after` on the RESOURCE_EXHAUSTED status."""
+    context.set_trailing_metadata(((RETRY_AFTER, str(max(1, math.ceil(exc.retry_after_s)))),))
 
 
 def caller(context: Context) -> str:

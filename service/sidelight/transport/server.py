@@ -11,10 +11,11 @@ period; the scheduler closes and the executors drain what was accepted; embedded
 finish their job within the grace period or hand it back.
 
 Health: the empty service name is liveness (SERVING while the process can answer); the
-Explainer service's status is readiness: NOT_SERVING while shutting down, or while the job
-queue's Redis is unreachable (checked every second; it comes back on its own). The Open
-Inference Protocol's service (inference.GRPCInferenceService, same port, same data plane)
-reports the same readiness in ServerReady. Each remote model has a name of its own,
+Explainer service's status is readiness: NOT_SERVING while shutting down. The jobs' readiness
+is apart, `sidelight.v1.Explainer.jobs`: NOT_SERVING while the job queue's Redis is unreachable
+(checked every second; it comes back on its own), when synchronous calls are still served. The
+Open Inference Protocol's service (inference.GRPCInferenceService, same port, same data plane)
+reports the server's readiness in ServerReady. Each remote model has a name of its own,
 `sidelight.remote.<model>` (sidelight.transport.remote_health): one endpoint down does not make
 the whole server NOT_SERVING.
 """
@@ -41,7 +42,9 @@ from sidelight.audit.log import AuditLog, VerificationCollector
 from sidelight.batching.executor import BatchReport, DeviceExecutor
 from sidelight.batching.lanes import LaneOverlap, lanes_for
 from sidelight.batching.scheduler import Scheduler
+from sidelight.blocking import BlockingCalls
 from sidelight.dataplane import DataPlane
+from sidelight.errors import Unavailable
 from sidelight.jobs.memory_queue import MemoryJobQueue
 from sidelight.jobs.queue import JobQueue
 from sidelight.jobs.redis_queue import RedisJobQueue
@@ -67,7 +70,17 @@ from sidelight.v1 import explainer_pb2, explainer_pb2_grpc
 log = logging.getLogger(__name__)
 
 READINESS_PERIOD_S = 1.0
+# Threads for the blocking calls to the job queue (Redis) and the audit store, apart from the
+# event loop's default pool (sidelight.blocking): one hung dependency holds only its own.
+JOB_QUEUE_THREADS = 8
+AUDIT_THREADS = 4
+# RPCs gRPC takes beyond the calls answered at once (ServerSettings.max_concurrent_rpcs): health
+# checks, and refusals on their way out.
+GRPC_RPCS_HEADROOM = 28
 SERVICE_NAME = explainer_pb2.DESCRIPTOR.services_by_name["Explainer"].full_name
+# Readiness of the jobs apart (SubmitJob, GetJob, ...): NOT_SERVING while Redis does not answer,
+# when synchronous calls are still served.
+JOBS_SERVICE_NAME = f"{SERVICE_NAME}.jobs"
 OIP_SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -93,8 +106,13 @@ class Service:
         workers: list[tuple[Worker, threading.Thread]],
         sampler: FaithfulnessSampler | None = None,
         audit: AuditLog | None = None,
+        *,
+        plane: DataPlane,
+        job_calls: BlockingCalls,
     ) -> None:
         self.settings = settings
+        self._plane = plane
+        self._job_calls = job_calls
         self.registry = registry
         self.metrics = metrics
         self.endpoints = endpoints
@@ -187,6 +205,9 @@ class Service:
             if settings.faithfulness_sample > 0
             else None
         )
+        job_calls = BlockingCalls(
+            "job queue", threads=JOB_QUEUE_THREADS, wait_s=settings.jobs.redis_timeout_s
+        )
         plane = DataPlane(
             registry,
             scheduler,
@@ -194,19 +215,26 @@ class Service:
             sampler=sampler,
             audit=audit,
             max_instances_per_request=settings.max_instances_per_request,
+            max_evaluations_per_request=settings.max_evaluations_per_request,
+            max_evaluations_per_job=settings.jobs.max_evaluations_per_job,
+            job_calls=job_calls,
+            audit_calls=BlockingCalls("audit store", threads=AUDIT_THREADS, wait_s=5.0),
         )
 
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+                ("grpc.max_send_message_length", settings.max_send_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            # gRPC's own cap, before a message is read: a backstop for memory above the calls'
+            # own (Calls), which leaves room for health checks and says when to retry.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs + GRPC_RPCS_HEADROOM,
         )
         health_servicer = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        readiness = Readiness(health_servicer, (SERVICE_NAME, OIP_SERVICE_NAME))
-        calls = Calls(metrics, registry.names())
+        readiness = Readiness(health_servicer, (SERVICE_NAME, OIP_SERVICE_NAME), JOBS_SERVICE_NAME)
+        calls = Calls(metrics, registry.names(), settings.max_concurrent_rpcs)
         explainer_pb2_grpc.add_ExplainerServicer_to_server(  # type: ignore[no-untyped-call]
             ExplainerServicer(plane, calls), server
         )
@@ -234,6 +262,7 @@ class Service:
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await readiness.set(True)
+        await readiness.set_jobs(True)
         service = cls(
             settings,
             registry,
@@ -248,6 +277,8 @@ class Service:
             workers,
             sampler,
             audit,
+            plane=plane,
+            job_calls=job_calls,
         )
         if settings.jobs.redis_url is not None:
             service._readiness_watch = asyncio.ensure_future(service._watch_readiness())
@@ -257,18 +288,23 @@ class Service:
         return service
 
     async def _watch_readiness(self) -> None:
-        """Readiness follows the job queue: NOT_SERVING while Redis does not answer."""
+        """The jobs' readiness follows the job queue: NOT_SERVING while Redis does not answer
+        (the server's own stays SERVING: synchronous calls need no Redis)."""
         ready = True
         while True:
-            healthy = await asyncio.to_thread(self.jobs.healthy)
+            try:
+                healthy = await self._job_calls.run(self.jobs.healthy)
+            except Unavailable:  # every thread is stuck on a Redis that does not answer
+                healthy = False
             if healthy != ready:
                 ready = healthy
                 log.warning(
-                    "job queue %s: readiness %s",
+                    "job queue %s: %s %s",
                     "back" if ready else "unreachable",
+                    JOBS_SERVICE_NAME,
                     "SERVING" if ready else "NOT_SERVING",
                 )
-                await self.readiness.set(ready)
+                await self.readiness.set_jobs(ready)
             await asyncio.sleep(READINESS_PERIOD_S)
 
     def install_signal_handlers(self) -> None:
@@ -311,6 +347,7 @@ class Service:
             await asyncio.to_thread(self.sampler.close, grace)
         if self._remote is not None:  # after every thread that calls the remote models
             self._remote.close()
+        self._plane.close()
         self.jobs.close()
         if self.audit is not None:  # after the workers: their records are written first
             await asyncio.to_thread(self.audit.close)
@@ -332,7 +369,9 @@ def _job_queue(
     config = settings.jobs
     queue: JobQueue
     if config.redis_url is not None:
-        queue = RedisJobQueue(config.redis_url, config.queue)
+        queue = RedisJobQueue(
+            config.redis_url, config.queue, command_timeout=config.redis_timeout_s
+        )
         embedded = 0
     else:
         queue = MemoryJobQueue(config.queue)

@@ -32,12 +32,24 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
 }
 
 
+# The longest status message sent: client strings are echoed clipped (errors.shown), and this
+# bounds the rest (a list of known names, a nested reason).
+MAX_MESSAGE_CHARS = 500
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """(code, message) to send for `exc`."""
+    """(code, message) to send for `exc`. A dependency's error is sent as its public message
+    (no host, port or user) and logged here whole."""
     for cls in type(exc).__mro__:
         code = STATUS_CODES.get(cls)
         if code is not None:
-            return code, str(exc)
+            message = str(exc)
+            if isinstance(exc, errors.Unavailable) and exc.public != message:
+                log.warning("%s (the client is told: %s)", message, exc.public)
+                message = exc.public
+            if len(message) > MAX_MESSAGE_CHARS:
+                message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+            return code, message
     incident = uuid.uuid4().hex[:12]
     log.error("internal error, incident %s", incident, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"

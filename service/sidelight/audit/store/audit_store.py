@@ -296,11 +296,15 @@ class AuditStore:
         except IntegrityError as exc:  # locked appends look record_ids up: the head is wrong
             raise AuditUnavailable(
                 f"audit store {self.url} refused the write: {self._reason(exc)}; its head and "
-                "its records disagree, verify the log"
+                "its records disagree, verify the log",
+                public="the audit store refused the write",
             ) from exc
 
     def _unavailable(self, exc: Exception) -> AuditUnavailable:
-        return AuditUnavailable(f"audit store {self.url} is unavailable: {self._reason(exc)}")
+        return AuditUnavailable(
+            f"audit store {self.url} is unavailable: {self._reason(exc)}",
+            public="the audit store is unavailable",
+        )
 
     def _reason(self, exc: Exception) -> str:
         cause = getattr(exc, "orig", None) or exc
@@ -313,7 +317,10 @@ class AuditStore:
     def _check_schema(self) -> None:
         with self._errors(), self.engine.connect() as connection:
             if not inspect(connection).has_table(head_table.name):
-                raise AuditUnavailable(f"audit store {self.url} holds no audit log")
+                raise AuditUnavailable(
+                    f"audit store {self.url} holds no audit log",
+                    public="the audit store holds no audit log",
+                )
 
     def _create_schema(self) -> None:
         with self._errors(), self.engine.begin() as connection:

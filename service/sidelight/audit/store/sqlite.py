@@ -8,6 +8,8 @@ returns, and readers never block the writer.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from sidelight.audit.store.schema import RECORD_COLUMNS, head_table, records_table
 from sidelight.errors import AuditUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for SQLite's write lock
 BEGIN_OPTION = "sidelight_sqlite_begin"  # execution option read by _begin: IMMEDIATE, DEFERRED
@@ -38,14 +42,34 @@ def make_engine(url: URL) -> Engine:
             "audit store URL", None, "SQLite needs a file path: sqlite:///path/to/audit.db"
         )
     try:
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_file(Path(database))
     except OSError as exc:
-        raise AuditUnavailable(f"audit store {url}: cannot create its folder: {exc}") from exc
+        raise AuditUnavailable(
+            f"audit store {url}: cannot create its folder: {exc}",
+            public="the audit store cannot be created",
+        ) from exc
     # hide_parameters: a database error's text never carries record contents into a log.
     engine = create_engine(url, hide_parameters=True, connect_args={"timeout": BUSY_TIMEOUT_S})
     event.listen(engine, "connect", _connect)
     event.listen(engine, "begin", _begin)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """The database file, made 0600 before SQLite opens it: SQLite gives its WAL and shared
+    memory files the database's own mode, so the records (people and their decisions) stay
+    readable only by the service's user whatever the umask. A file an older version made
+    readable by others is narrowed."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        found = path.stat()
+        if found.st_mode & 0o077 and found.st_uid == os.geteuid():
+            try:
+                path.chmod(found.st_mode & 0o700)
+            except OSError as exc:  # a read-only copy (a regulator's): verified as it is
+                log.warning("audit store %s is readable by others: %s", path, exc)
 
 
 def _connect(dbapi_connection: Any, _record: Any) -> None:
