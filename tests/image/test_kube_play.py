@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import yaml
@@ -28,12 +27,11 @@ from audit.support import PostgresServer, create_database, postgres_bin
 from conftest import wait_until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kube_play import Playable, Ports, playable, podman_secret
 from sidelight.client import Client, to_array
 from sidelight.v1 import explainer_pb2 as pb
 from sklearn.datasets import load_breast_cancer
-from test_image import CONTAINERS_CONF, INSTALL, free_port
+from test_image import CONTAINERS_CONF, INSTALL, free_port, health
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SIDELIGHT_IMAGE", "sidelight:0.1.0")
@@ -149,16 +147,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         postgres.remove()
 
 
-def health(port: int, service: str) -> int:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-        except grpc.RpcError:
-            return -1
-        return int(reply.status)
-
-
 def metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -180,7 +168,12 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
         return ready
 
     def api_serving() -> bool:
-        ready = health(ports.api_grpc, "sidelight.v1.Explainer") == 1
+        # Explain is ready once the models are loaded; jobs once Redis answers too (its pod
+        # is played last).
+        ready = all(
+            health(ports.api_grpc, service) == 1
+            for service in ("sidelight.v1.Explainer", "sidelight.v1.Explainer.jobs")
+        )
         return bool(started("sidelight-api", ready))
 
     def worker_answering() -> bool:
