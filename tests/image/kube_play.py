@@ -52,7 +52,7 @@ NOT_PLAYED = {
     "NetworkPolicy": "network isolation: podman enforces no policies",
     "HorizontalPodAutoscaler": "autoscaling: no controller",
     "PodDisruptionBudget": "disruption budgets: no evictions",
-    "CronJob": "scheduled jobs: no controller (the test runs its command in the API's container)",
+    "CronJob": "scheduled jobs: no controller (the test plays its job's pod once, by hand)",
 }
 
 
@@ -70,10 +70,10 @@ class Ports:
 class Playable:
     documents: list[dict[str, Any]]  # what `podman kube play` gets
     secrets: dict[str, dict[str, str]]  # podman secret name -> its Kubernetes data, decoded
-    secret_folders: dict[str, Path]  # Secret name -> host folder holding its files
+    secret_folders: dict[str, Path]  # Secret name (and items) -> host folder holding its files
     adaptations: list[str] = field(default_factory=list)
-    # CronJob name -> its container's args, $(VAR) expanded: what a run of it would execute
-    cron_args: dict[str, list[str]] = field(default_factory=dict)
+    # CronJob name -> the pod one of its runs would start, adapted like the Deployments' pods
+    cron_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def playable(
@@ -101,11 +101,7 @@ def playable(
         if kind in NOT_PLAYED:
             note(f"{kind}/{name} not played: {NOT_PLAYED[kind]}")
             if kind == "CronJob":
-                job = copy.deepcopy(doc["spec"]["jobTemplate"])
-                job.setdefault("metadata", {})["name"] = f"CronJob/{name}"
-                _expand_references(job, secrets, note)
-                (container,) = job["spec"]["template"]["spec"]["containers"]
-                result.cron_args[name] = container["args"]
+                result.cron_runs[name] = _cron_run(doc, secrets, folder, result, note)
         elif kind == "Secret":
             pass  # a podman secret (below)
         elif kind == "ConfigMap":
@@ -167,6 +163,33 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """A Deployment's or a Job template's containers, init containers first."""
     spec = doc["spec"]["template"]["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _cron_run(
+    cronjob: dict[str, Any],
+    secrets: dict[str, dict[str, str]],
+    folder: Path,
+    result: Playable,
+    note: Any,
+) -> dict[str, Any]:
+    """The pod one run of `cronjob` starts, as a Pod podman plays (restartPolicy Never)."""
+    name = cronjob["metadata"]["name"]
+    template = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"]["template"])
+    job = {"metadata": {"name": f"CronJob/{name}"}, "spec": {"template": template}}
+    template["spec"]["hostNetwork"] = True
+    _secret_volumes_to_folders(job, secrets, folder, result.secret_folders, note)
+    _empty_dirs_to_folders(job, folder, note)
+    _expand_references(job, secrets, note)
+    for container in _containers(job):
+        if container["image"].startswith("sidelight:"):
+            container["imagePullPolicy"] = "Never"
+    note(f"CronJob/{name}: its job's pod played once as Pod/{name}-run, on the host's network")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-run", "labels": template["metadata"].get("labels", {})},
+        "spec": template["spec"],
+    }
 
 
 def _redis(doc: dict[str, Any], ports: Ports, image: str, note: Any) -> dict[str, Any]:
@@ -266,8 +289,13 @@ def _secret_volumes_to_folders(
             dropped.add(volume["name"])
             note(f"{doc['metadata']['name']}: optional Secret {name} absent, volume left out")
             continue
-        path = written.get(name) or _write_secret(folder / name, secrets[name], source, group)
-        written[name] = path
+        data = secrets[name]
+        key = name
+        if "items" in source:  # only these keys, under their paths
+            data = {item["path"]: data[item["key"]] for item in source["items"]}
+            key = f"{name}-{'-'.join(sorted(data))}"
+        path = written.get(key) or _write_secret(folder / key, data, source, group)
+        written[key] = path
         kept.append({"name": volume["name"], "hostPath": {"path": str(path), "type": "Directory"}})
         note(f"{doc['metadata']['name']}: Secret volume {name} -> a host folder of its files")
     template["volumes"] = kept

@@ -220,13 +220,28 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
     assert api["sidelight_job_queue_up"] == 1
     assert api["sidelight_job_queue_oldest_waiting_seconds"] == 0
 
-    # The audit CronJob's command, in the image with the API pod's mounts (the keys read-only):
-    # it verifies the worker's record in PostgreSQL, signs, and the API exports the outcome.
-    args = deployment.play.cron_args["sidelight-audit-verify"]
-    verified = podman("exec", deployment.container("sidelight-api"), "sidelight", *args)
-    report = json.loads(verified.stdout)
-    assert report["ok"] and report["records_checked"] >= 1, verified.stdout
-    assert report["checkpoint"]["seq"] == report["last_seq"], verified.stdout
+    # One run of the audit CronJob, its job's pod played as written (the keys and the database
+    # URL from its Secret volumes): it verifies the worker's record in PostgreSQL and signs,
+    # and the API exports the outcome.
+    run = deployment.manifest.with_name("audit-verify-run.yaml")
+    run.write_text(yaml.safe_dump(deployment.play.cron_runs["sidelight-audit-verify"]))
+    try:
+        podman("kube", "play", str(run), timeout=180)
+        container = "sidelight-audit-verify-run-verify"
+
+        def finished() -> str | None:
+            state = podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
+                           container).stdout.strip()  # fmt: skip
+            return state if state.startswith("exited") else None
+
+        state = wait_until(finished, 180, "the audit-verify run to end")
+        logs = podman("logs", container, check=False)
+        assert state == "exited 0", logs.stdout + logs.stderr
+    finally:
+        podman("kube", "down", str(run), check=False, timeout=120)
+    report = json.loads(logs.stdout)
+    assert report["ok"] and report["records_checked"] >= 1, logs.stdout
+    assert report["checkpoint"]["seq"] == report["last_seq"], logs.stdout
     signed = wait_until(
         lambda: metrics(ports.api_metrics).get("sidelight_audit_last_verification_success"),
         60,
