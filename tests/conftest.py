@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -57,6 +58,17 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
         if time.monotonic() > give_up:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(POLL_S)
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """The samples a /metrics port answers, by series (name and labels as exposed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def watch_job(stub: pb_grpc.ExplainerStub, job_id: str, timeout: float = 120) -> pb.Job:

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 from audit.support import PostgresServer, create_database, postgres_bin
-from conftest import wait_until
+from conftest import scrape_metrics, wait_until
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kube_play import Playable, Ports, playable, podman_secret
@@ -147,16 +146,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         postgres.remove()
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-
-
 def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -> None:
     ports = deployment.ports
 
@@ -178,7 +167,7 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
 
     def worker_answering() -> bool:
         try:
-            ready = bool(metrics(ports.worker_metrics))
+            ready = bool(scrape_metrics(ports.worker_metrics))
         except OSError:
             ready = False
         return bool(started("sidelight-worker", ready))
@@ -211,12 +200,12 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
         assert json.loads(record.content_json)["method"] == "kernel_shap"
     # The worker pod ran it (the API runs no job), and both pods export their figures.
     assert job.job_id in deployment.logs("sidelight-worker")
-    worker = metrics(ports.worker_metrics)
+    worker = scrape_metrics(ports.worker_metrics)
     assert any(
         key.startswith("sidelight_job_deliveries_total") and 'outcome="succeeded"' in key
         for key in worker
     ), worker
-    api = metrics(ports.api_metrics)
+    api = scrape_metrics(ports.api_metrics)
     assert api["sidelight_job_queue_up"] == 1
     assert api["sidelight_job_queue_oldest_waiting_seconds"] == 0
 
@@ -243,7 +232,7 @@ def test_the_dev_overlay_runs_a_job_from_api_to_worker(deployment: Deployment) -
     assert report["ok"] and report["records_checked"] >= 1, logs.stdout
     assert report["checkpoint"]["seq"] == report["last_seq"], logs.stdout
     signed = wait_until(
-        lambda: metrics(ports.api_metrics).get("sidelight_audit_last_verification_success"),
+        lambda: scrape_metrics(ports.api_metrics).get("sidelight_audit_last_verification_success"),
         60,
         "the verification's outcome in the API's metrics (cached up to 30 s)",
     )

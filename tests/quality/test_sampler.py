@@ -3,14 +3,13 @@ insertion scores for them in /metrics, off the request; one that samples none re
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ServerThread, server_settings
+from conftest import ServerThread, scrape_metrics, server_settings
 from sidelight.client import explain_request
 from sidelight.v1 import explainer_pb2_grpc as pb_grpc
 from sklearn.datasets import load_digits
@@ -29,14 +28,7 @@ def sampling_server(model_repository: Path) -> Iterator[ServerThread]:
 
 
 def scrape(server: ServerThread) -> dict[str, float]:
-    port = server.service.endpoints.metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    return scrape_metrics(server.service.endpoints.metrics_port)
 
 
 def test_sampled_explanations_are_scored_in_the_background(sampling_server: ServerThread) -> None:
